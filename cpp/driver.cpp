@@ -1,0 +1,210 @@
+#include "driver.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "dispatch.h"
+#include "thread_pool.h"
+
+namespace fastxent {
+namespace {
+
+// Below this many logits a call runs on the calling thread: waking workers costs more.
+constexpr int64_t kMinParallelLogits = 1 << 15;
+// Split a row's classes across threads when rows are fewer than this many per thread...
+constexpr int64_t kSplitRowsPerThread = 2;
+// ...and the rows are at least this long.
+constexpr int64_t kMinSplitClasses = 1 << 14;
+
+template <class T>
+void read_labels_t(const T* data, int64_t n, int64_t stride, int64_t classes, int64_t ignore_index,
+                   int64_t* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T raw = data[i * stride];
+    int64_t v;
+    if constexpr (std::is_unsigned_v<T> && sizeof(T) == 8) {
+      v = raw > uint64_t(std::numeric_limits<int64_t>::max()) ? -1 : int64_t(raw);
+    } else {
+      v = int64_t(raw);
+    }
+    if ((v < 0 || v >= classes) && v != ignore_index) throw LabelError(i, v, classes, ignore_index);
+    out[i] = v;
+  }
+}
+
+void ce_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int64_t r0, int64_t r1) {
+  switch (mode) {
+    case CeMode::forward: table.forward_rows(a, r0, r1); break;
+    case CeMode::fused: table.fused_rows(a, r0, r1); break;
+    case CeMode::backward: table.backward_rows(a, r0, r1); break;
+  }
+}
+
+template <class S>
+void store_label_grad(const CeArgs& a, int64_t i, int64_t y, double value) {
+  static_cast<S*>(a.grad)[i * a.grad_stride + y] = S(value);
+}
+
+template <class S>
+void zero_grad_row(const CeArgs& a, int64_t i) {
+  std::memset(static_cast<S*>(a.grad) + i * a.grad_stride, 0, sizeof(S) * size_t(a.classes));
+}
+
+template <class S>
+double logit_at(const CeArgs& a, int64_t i, int64_t j) {
+  return static_cast<const S*>(a.logits)[i * a.logits_stride + j];
+}
+
+// Few, long rows: each row's classes are cut into slices; threads compute per-slice
+// (max, sum) pairs, the pairs are merged here, then threads write the gradient slices.
+void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int threads) {
+  const bool f32 = a.dtype == DType::f32;
+  const int64_t C = a.classes, N = a.rows;
+  const int64_t slices = threads;
+  const int64_t slice_len = ((C + slices - 1) / slices + 63) / 64 * 64;
+  auto slice_begin = [&](int64_t k) { return std::min(C, k * slice_len); };
+  const bool smoothing = a.smoothing != 0.0;
+  const double* w = a.weight_f64;
+
+  std::vector<RowStats> parts(size_t(N * slices));
+  const size_t rows = static_cast<size_t>(N);
+  std::vector<double> shift(rows), alpha(rows), beta(rows), label_grad(rows);
+  if (mode != CeMode::backward) {
+    parallel_run(N * slices, [&](int64_t task) {
+      const int64_t i = task / slices, k = task % slices;
+      if (a.labels[i] == a.ignore_index) return;
+      parts[size_t(task)] = table.slice_stats(a, i, slice_begin(k), slice_begin(k + 1), smoothing);
+    });
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t y = a.labels[i];
+    if (y == a.ignore_index) {
+      if (mode != CeMode::backward) {
+        a.row_loss[i] = 0.0;
+        if (f32) static_cast<float*>(a.lse)[i] = 0.f; else static_cast<double*>(a.lse)[i] = 0.0;
+      }
+      continue;
+    }
+    const double wy = w ? w[y] : 1.0;
+    const double zy = f32 ? logit_at<float>(a, i, y) : logit_at<double>(a, i, y);
+    double lse, inv_s = 1.0;
+    if (mode == CeMode::backward) {
+      lse = shift[size_t(i)] = f32 ? double(static_cast<float*>(a.lse)[i]) : static_cast<double*>(a.lse)[i];
+    } else {
+      double m = -INFINITY;
+      bool nan = false;
+      for (int64_t k = 0; k < slices; ++k) {
+        const RowStats& p = parts[size_t(i * slices + k)];
+        if (p.m > m) m = p.m;
+        nan = nan || p.nan;
+      }
+      double s = 0, t = 0;
+      for (int64_t k = 0; k < slices; ++k) {
+        const RowStats& p = parts[size_t(i * slices + k)];
+        if (slice_begin(k) == slice_begin(k + 1)) continue;
+        if (p.m != -INFINITY) s += p.s * std::exp(p.m - m);
+        if (smoothing) t += (p.m == -INFINITY) ? (p.wsum > 0 ? -INFINITY : 0.0) : p.t - p.wsum * (m - p.m);
+      }
+      if (nan) s = NAN;
+      lse = m + std::log(s);
+      shift[size_t(i)] = m;
+      inv_s = 1.0 / s;
+      double loss = (1.0 - a.smoothing) * wy * (lse - zy);
+      if (smoothing) loss += a.smoothing / double(C) * (a.weight_total * (lse - m) - t);
+      a.row_loss[i] = loss;
+      if (f32) static_cast<float*>(a.lse)[i] = float(lse); else static_cast<double*>(a.lse)[i] = lse;
+    }
+    if (mode == CeMode::forward) continue;
+    const double g = a.grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0);
+    const double label_coef = g * (1.0 - a.smoothing) * wy;
+    const double smooth_coef = g * a.smoothing / double(C);
+    const double p_coef = label_coef + smooth_coef * a.weight_total;
+    alpha[size_t(i)] = p_coef * inv_s;
+    beta[size_t(i)] = smooth_coef;
+    label_grad[size_t(i)] = std::exp(zy - lse) * p_coef - smooth_coef * wy - label_coef;
+  }
+  if (mode == CeMode::forward) return;
+  parallel_run(N * slices, [&](int64_t task) {
+    const int64_t i = task / slices, k = task % slices;
+    if (a.labels[i] == a.ignore_index) return;
+    table.slice_grad(a, i, slice_begin(k), slice_begin(k + 1), shift[size_t(i)], alpha[size_t(i)],
+                     beta[size_t(i)]);
+  });
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t y = a.labels[i];
+    if (y == a.ignore_index) {
+      if (f32) zero_grad_row<float>(a, i); else zero_grad_row<double>(a, i);
+    } else if (f32) {
+      store_label_grad<float>(a, i, y, label_grad[size_t(i)]);
+    } else {
+      store_label_grad<double>(a, i, y, label_grad[size_t(i)]);
+    }
+  }
+}
+
+}  // namespace
+
+LabelError::LabelError(int64_t row, int64_t value, int64_t classes, int64_t ignore_index)
+    : std::invalid_argument("labels[" + std::to_string(row) + "] = " + std::to_string(value) +
+                            " is not a class index in [0, " + std::to_string(classes) +
+                            ") nor ignore_index (" + std::to_string(ignore_index) + ")"),
+      row(row),
+      value(value) {}
+
+void read_labels(const void* data, IntType type, int64_t n, int64_t stride, int64_t classes,
+                 int64_t ignore_index, int64_t* out) {
+  switch (type) {
+    case IntType::i8: return read_labels_t(static_cast<const int8_t*>(data), n, stride, classes, ignore_index, out);
+    case IntType::i16: return read_labels_t(static_cast<const int16_t*>(data), n, stride, classes, ignore_index, out);
+    case IntType::i32: return read_labels_t(static_cast<const int32_t*>(data), n, stride, classes, ignore_index, out);
+    case IntType::i64: return read_labels_t(static_cast<const int64_t*>(data), n, stride, classes, ignore_index, out);
+    case IntType::u8: return read_labels_t(static_cast<const uint8_t*>(data), n, stride, classes, ignore_index, out);
+    case IntType::u16: return read_labels_t(static_cast<const uint16_t*>(data), n, stride, classes, ignore_index, out);
+    case IntType::u32: return read_labels_t(static_cast<const uint32_t*>(data), n, stride, classes, ignore_index, out);
+    case IntType::u64: return read_labels_t(static_cast<const uint64_t*>(data), n, stride, classes, ignore_index, out);
+  }
+}
+
+double target_weight_sum(const int64_t* labels, int64_t n, int64_t ignore_index, const double* weight) {
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (labels[i] != ignore_index) total += weight ? weight[labels[i]] : 1.0;
+  return total;
+}
+
+void run_cross_entropy(const CeArgs& a, CeMode mode) {
+  const KernelTable& table = active_table();
+  if (a.rows == 0) return;
+  const int threads = get_num_threads();
+  const int64_t work = a.rows * a.classes;
+  if (threads == 1 || work < kMinParallelLogits) {
+    ce_rows(table, a, mode, 0, a.rows);
+    return;
+  }
+  if (a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
+    split_rows(table, a, mode, threads);
+    return;
+  }
+  const int64_t tasks = std::min<int64_t>(a.rows, int64_t(threads) * 4);
+  parallel_run(tasks, [&](int64_t k) {
+    ce_rows(table, a, mode, a.rows * k / tasks, a.rows * (k + 1) / tasks);
+  });
+}
+
+void run_rowop(const RowsArgs& a, RowOp op) {
+  const KernelTable& table = active_table();
+  if (a.rows == 0) return;
+  const int threads = get_num_threads();
+  if (threads == 1 || a.rows * a.classes < kMinParallelLogits) {
+    table.rowop_rows(a, op, 0, a.rows);
+    return;
+  }
+  const int64_t tasks = std::min<int64_t>(a.rows, int64_t(threads) * 4);
+  parallel_run(tasks, [&](int64_t k) { table.rowop_rows(a, op, a.rows * k / tasks, a.rows * (k + 1) / tasks); });
+}
+
+}  // namespace fastxent

@@ -1,0 +1,33 @@
+// The C++ entry points behind the bindings: label checks, the threading plan, the ISA table.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "problem.h"
+
+namespace fastxent {
+
+enum class IntType : int { i8, i16, i32, i64, u8, u16, u32, u64 };
+
+// A label that is neither a class index nor ignore_index.
+struct LabelError : std::invalid_argument {
+  LabelError(int64_t row, int64_t value, int64_t classes, int64_t ignore_index);
+  int64_t row, value;
+};
+
+// Copies n labels of any integer type (element stride `stride`) to int64. Throws LabelError
+// for the first label outside [0, classes) that is not ignore_index; an unsigned label too
+// large for int64 reports as -1.
+void read_labels(const void* data, IntType type, int64_t n, int64_t stride, int64_t classes,
+                 int64_t ignore_index, int64_t* out);
+
+// Sum of the target weights (1 each when weight is null) of the rows not ignored.
+double target_weight_sum(const int64_t* labels, int64_t n, int64_t ignore_index, const double* weight);
+
+// Runs a whole call on the active ISA, threaded. Forward/fused fill row_loss and lse;
+// fused/backward fill grad.
+void run_cross_entropy(const CeArgs& args, CeMode mode);
+void run_rowop(const RowsArgs& args, RowOp op);
+
+}  // namespace fastxent

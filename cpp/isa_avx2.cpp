@@ -1,0 +1,23 @@
+// The kernel body compiled for the avx2 instruction set (flags set per file in CMakeLists.txt).
+// System headers first: the ISA headers below are included inside a namespace.
+#include <cstdint>
+#include <type_traits>
+#include <immintrin.h>
+
+#include "kernel_table.h"
+
+namespace fastxent {
+namespace isa_avx2 {
+
+#include "simd/vec_scalar.h"
+#include "simd/vec_avx2.h"
+#include "vexp.h"
+#include "kernel_body.h"
+
+}  // namespace isa_avx2
+
+const KernelTable kTableAvx2 = {"avx2",           isa_avx2::forward_rows, isa_avx2::fused_rows,
+                              isa_avx2::backward_rows, isa_avx2::slice_stats,
+                              isa_avx2::slice_grad,    isa_avx2::rowop_rows};
+
+}  // namespace fastxent

@@ -1,0 +1,23 @@
+// The kernel body compiled for the avx512 instruction set (flags set per file in CMakeLists.txt).
+// System headers first: the ISA headers below are included inside a namespace.
+#include <cstdint>
+#include <type_traits>
+#include <immintrin.h>
+
+#include "kernel_table.h"
+
+namespace fastxent {
+namespace isa_avx512 {
+
+#include "simd/vec_scalar.h"
+#include "simd/vec_avx512.h"
+#include "vexp.h"
+#include "kernel_body.h"
+
+}  // namespace isa_avx512
+
+const KernelTable kTableAvx512 = {"avx512",           isa_avx512::forward_rows, isa_avx512::fused_rows,
+                              isa_avx512::backward_rows, isa_avx512::slice_stats,
+                              isa_avx512::slice_grad,    isa_avx512::rowop_rows};
+
+}  // namespace fastxent

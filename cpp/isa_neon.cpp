@@ -1,0 +1,23 @@
+// The kernel body compiled for the neon instruction set (flags set per file in CMakeLists.txt).
+// System headers first: the ISA headers below are included inside a namespace.
+#include <cstdint>
+#include <type_traits>
+#include <arm_neon.h>
+
+#include "kernel_table.h"
+
+namespace fastxent {
+namespace isa_neon {
+
+#include "simd/vec_scalar.h"
+#include "simd/vec_neon.h"
+#include "vexp.h"
+#include "kernel_body.h"
+
+}  // namespace isa_neon
+
+const KernelTable kTableNeon = {"neon",           isa_neon::forward_rows, isa_neon::fused_rows,
+                              isa_neon::backward_rows, isa_neon::slice_stats,
+                              isa_neon::slice_grad,    isa_neon::rowop_rows};
+
+}  // namespace fastxent

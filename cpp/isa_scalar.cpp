@@ -1,0 +1,23 @@
+// The kernel body compiled for the scalar instruction set (flags set per file in CMakeLists.txt).
+// System headers first: the ISA headers below are included inside a namespace.
+#include <cstdint>
+#include <type_traits>
+
+#include "kernel_table.h"
+
+namespace fastxent {
+namespace isa_scalar {
+
+#include "simd/vec_scalar.h"
+using VecF = Vec1<float>;
+using VecD = Vec1<double>;
+#include "vexp.h"
+#include "kernel_body.h"
+
+}  // namespace isa_scalar
+
+const KernelTable kTableScalar = {"scalar",           isa_scalar::forward_rows, isa_scalar::fused_rows,
+                              isa_scalar::backward_rows, isa_scalar::slice_stats,
+                              isa_scalar::slice_grad,    isa_scalar::rowop_rows};
+
+}  // namespace fastxent

@@ -1,0 +1,34 @@
+// One table of kernel entry points per instruction set; the driver picks one at run time.
+#pragma once
+#include "problem.h"
+
+namespace fastxent {
+
+struct KernelTable {
+  const char* isa;
+  // Rows [r0, r1): row_loss and lse.
+  void (*forward_rows)(const CeArgs&, int64_t r0, int64_t r1);
+  // Rows [r0, r1): row_loss, lse and grad in one pass over the logits.
+  void (*fused_rows)(const CeArgs&, int64_t r0, int64_t r1);
+  // Rows [r0, r1): grad from the saved lse.
+  void (*backward_rows)(const CeArgs&, int64_t r0, int64_t r1);
+  // Classes [c0, c1) of one row, for splitting a long row across threads.
+  RowStats (*slice_stats)(const CeArgs&, int64_t row, int64_t c0, int64_t c1, bool smoothing);
+  // grad_j = exp(z_j - m) * alpha - beta * w_j on classes [c0, c1) of one row.
+  void (*slice_grad)(const CeArgs&, int64_t row, int64_t c0, int64_t c1, double m, double alpha,
+                     double beta);
+  void (*rowop_rows)(const RowsArgs&, RowOp op, int64_t r0, int64_t r1);
+};
+
+extern const KernelTable kTableScalar;
+#if defined(FASTXENT_HAVE_AVX2)
+extern const KernelTable kTableAvx2;
+#endif
+#if defined(FASTXENT_HAVE_AVX512)
+extern const KernelTable kTableAvx512;
+#endif
+#if defined(FASTXENT_HAVE_NEON)
+extern const KernelTable kTableNeon;
+#endif
+
+}  // namespace fastxent

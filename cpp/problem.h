@@ -1,0 +1,55 @@
+// Plain descriptions of one kernel call: pointers, sizes, strides, options.
+// No Python headers; shared by the driver and every ISA's kernels.
+#pragma once
+#include <cstdint>
+
+namespace fastxent {
+
+enum class DType : int { f32 = 0, f64 = 1 };
+
+// Softmax cross-entropy over `rows` rows of `classes` logits. Strides count elements.
+// Per row i with label y (not ignored), eps = smoothing, w = weight (ones if null):
+//   loss_i = (1-eps) w_y (lse - z_y) + eps/C * sum_j w_j (lse - z_j)
+//   grad_ij = g_i * d loss_i / d z_ij,  g_i = grad_scale * (grad_rows ? grad_rows[i] : 1)
+struct CeArgs {
+  DType dtype = DType::f32;
+  int64_t rows = 0, classes = 0;
+  const void* logits = nullptr;
+  int64_t logits_stride = 0;
+  const int64_t* labels = nullptr;  // validated: in [0, C) or == ignore_index
+  int64_t ignore_index = -100;
+  const float* weight_f32 = nullptr;   // the weight in float (for f32 rows) ...
+  const double* weight_f64 = nullptr;  // ... and in double; both null = unweighted
+  double weight_total = 0;             // sum_j w_j (C when unweighted)
+  double smoothing = 0;
+  double grad_scale = 1;
+  const double* grad_rows = nullptr;
+  double* row_loss = nullptr;  // out (forward), per row, unscaled; 0 for ignored rows
+  void* lse = nullptr;         // out (forward) or in (backward): float for f32, double for f64
+  void* grad = nullptr;        // out: same dtype as logits, may alias logits exactly
+  int64_t grad_stride = 0;
+};
+
+// Partial statistics of a slice of one row, merged when a long row is split across threads.
+// t = sum_j w_j (z_j - m) over the slice (only with smoothing), wsum = sum_j w_j.
+struct RowStats {
+  double m, s, t, wsum;
+  bool nan;
+};
+
+// What a cross-entropy call computes: loss only, loss and gradient, or gradient from saved lse.
+enum class CeMode : int { forward = 0, fused = 1, backward = 2 };
+
+enum class RowOp : int { logsumexp = 0, softmax = 1, log_softmax = 2 };
+
+// softmax / log_softmax (out has rows x classes) or logsumexp (out has rows values).
+struct RowsArgs {
+  DType dtype = DType::f32;
+  int64_t rows = 0, classes = 0;
+  const void* x = nullptr;
+  int64_t x_stride = 0;
+  void* out = nullptr;
+  int64_t out_stride = 0;
+};
+
+}  // namespace fastxent

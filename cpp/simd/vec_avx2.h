@@ -1,0 +1,79 @@
+// AVX2 + FMA vectors: 8 floats, 4 doubles. Included inside the avx2 ISA namespace.
+#pragma once
+#include <immintrin.h>
+
+struct VecF {
+  using scalar = float;
+  static constexpr int width = 8;
+  __m256 v;
+
+  static VecF load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  void stream(float* p) const { _mm256_stream_ps(p, v); }
+  static VecF set1(float s) { return {_mm256_set1_ps(s)}; }
+
+  friend VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
+  friend VecF operator-(VecF a, VecF b) { return {_mm256_sub_ps(a.v, b.v)}; }
+  friend VecF operator*(VecF a, VecF b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  friend VecF fmadd(VecF a, VecF b, VecF c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  friend VecF vmax(VecF a, VecF b) { return {_mm256_max_ps(a.v, b.v)}; }
+  friend VecF vmin(VecF a, VecF b) { return {_mm256_min_ps(a.v, b.v)}; }
+  friend VecF zero_below(VecF x, VecF lo, VecF res) {
+    return {_mm256_andnot_ps(_mm256_cmp_ps(x.v, lo.v, _CMP_LT_OQ), res.v)};
+  }
+  float hsum() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  float hmax() const {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  bool any_nan() const { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
+  static VecF pow2(VecF n) {
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(e, 23))};
+  }
+};
+
+struct VecD {
+  using scalar = double;
+  static constexpr int width = 4;
+  __m256d v;
+
+  static VecD load(const double* p) { return {_mm256_loadu_pd(p)}; }
+  void store(double* p) const { _mm256_storeu_pd(p, v); }
+  void stream(double* p) const { _mm256_stream_pd(p, v); }
+  static VecD set1(double s) { return {_mm256_set1_pd(s)}; }
+
+  friend VecD operator+(VecD a, VecD b) { return {_mm256_add_pd(a.v, b.v)}; }
+  friend VecD operator-(VecD a, VecD b) { return {_mm256_sub_pd(a.v, b.v)}; }
+  friend VecD operator*(VecD a, VecD b) { return {_mm256_mul_pd(a.v, b.v)}; }
+  friend VecD fmadd(VecD a, VecD b, VecD c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
+  friend VecD vmax(VecD a, VecD b) { return {_mm256_max_pd(a.v, b.v)}; }
+  friend VecD vmin(VecD a, VecD b) { return {_mm256_min_pd(a.v, b.v)}; }
+  friend VecD zero_below(VecD x, VecD lo, VecD res) {
+    return {_mm256_andnot_pd(_mm256_cmp_pd(x.v, lo.v, _CMP_LT_OQ), res.v)};
+  }
+  double hsum() const {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  double hmax() const {
+    __m128d s = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  bool any_nan() const { return _mm256_movemask_pd(_mm256_cmp_pd(v, v, _CMP_UNORD_Q)) != 0; }
+  // AVX2 has no double->int64 conversion: n + 1.5*2^52 puts n in the low mantissa bits.
+  static VecD pow2(VecD n) {
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
+    __m256i bits = _mm256_castpd_si256(_mm256_add_pd(n.v, magic));
+    bits = _mm256_sub_epi64(bits, _mm256_castpd_si256(magic));
+    bits = _mm256_add_epi64(bits, _mm256_set1_epi64x(1023));
+    return {_mm256_castsi256_pd(_mm256_slli_epi64(bits, 52))};
+  }
+};

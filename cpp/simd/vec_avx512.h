@@ -1,0 +1,59 @@
+// AVX-512 (F + DQ) vectors: 16 floats, 8 doubles. Included inside the avx512 ISA namespace.
+#pragma once
+#include <immintrin.h>
+
+struct VecF {
+  using scalar = float;
+  static constexpr int width = 16;
+  __m512 v;
+
+  static VecF load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void stream(float* p) const { _mm512_stream_ps(p, v); }
+  static VecF set1(float s) { return {_mm512_set1_ps(s)}; }
+
+  friend VecF operator+(VecF a, VecF b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend VecF operator-(VecF a, VecF b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  friend VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend VecF fmadd(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  friend VecF vmax(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
+  friend VecF vmin(VecF a, VecF b) { return {_mm512_min_ps(a.v, b.v)}; }
+  friend VecF zero_below(VecF x, VecF lo, VecF res) {
+    return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x.v, lo.v, _CMP_NLT_UQ), res.v)};
+  }
+  float hsum() const { return _mm512_reduce_add_ps(v); }
+  float hmax() const { return _mm512_reduce_max_ps(v); }
+  bool any_nan() const { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+  static VecF pow2(VecF n) {
+    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
+  }
+};
+
+struct VecD {
+  using scalar = double;
+  static constexpr int width = 8;
+  __m512d v;
+
+  static VecD load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  void store(double* p) const { _mm512_storeu_pd(p, v); }
+  void stream(double* p) const { _mm512_stream_pd(p, v); }
+  static VecD set1(double s) { return {_mm512_set1_pd(s)}; }
+
+  friend VecD operator+(VecD a, VecD b) { return {_mm512_add_pd(a.v, b.v)}; }
+  friend VecD operator-(VecD a, VecD b) { return {_mm512_sub_pd(a.v, b.v)}; }
+  friend VecD operator*(VecD a, VecD b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  friend VecD fmadd(VecD a, VecD b, VecD c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
+  friend VecD vmax(VecD a, VecD b) { return {_mm512_max_pd(a.v, b.v)}; }
+  friend VecD vmin(VecD a, VecD b) { return {_mm512_min_pd(a.v, b.v)}; }
+  friend VecD zero_below(VecD x, VecD lo, VecD res) {
+    return {_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x.v, lo.v, _CMP_NLT_UQ), res.v)};
+  }
+  double hsum() const { return _mm512_reduce_add_pd(v); }
+  double hmax() const { return _mm512_reduce_max_pd(v); }
+  bool any_nan() const { return _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) != 0; }
+  static VecD pow2(VecD n) {
+    __m512i e = _mm512_add_epi64(_mm512_cvtpd_epi64(n.v), _mm512_set1_epi64(1023));
+    return {_mm512_castsi512_pd(_mm512_slli_epi64(e, 52))};
+  }
+};

@@ -1,0 +1,64 @@
+// NEON vectors (aarch64): 4 floats, 2 doubles. Included inside the neon ISA namespace.
+#pragma once
+#include <arm_neon.h>
+
+struct VecF {
+  using scalar = float;
+  static constexpr int width = 4;
+  float32x4_t v;
+
+  static VecF load(const float* p) { return {vld1q_f32(p)}; }
+  void store(float* p) const { vst1q_f32(p, v); }
+  void stream(float* p) const { vst1q_f32(p, v); }
+  static VecF set1(float s) { return {vdupq_n_f32(s)}; }
+
+  friend VecF operator+(VecF a, VecF b) { return {vaddq_f32(a.v, b.v)}; }
+  friend VecF operator-(VecF a, VecF b) { return {vsubq_f32(a.v, b.v)}; }
+  friend VecF operator*(VecF a, VecF b) { return {vmulq_f32(a.v, b.v)}; }
+  friend VecF fmadd(VecF a, VecF b, VecF c) { return {vfmaq_f32(c.v, a.v, b.v)}; }
+  friend VecF vmax(VecF a, VecF b) { return {vmaxq_f32(a.v, b.v)}; }  // NaN propagates
+  friend VecF vmin(VecF a, VecF b) { return {vminq_f32(a.v, b.v)}; }
+  friend VecF zero_below(VecF x, VecF lo, VecF res) {
+    uint32x4_t below = vcltq_f32(x.v, lo.v);
+    return {vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(res.v), below))};
+  }
+  float hsum() const { return vaddvq_f32(v); }
+  float hmax() const { return vmaxvq_f32(v); }
+  bool any_nan() const { return vminvq_u32(vceqq_f32(v, v)) == 0; }
+  static VecF pow2(VecF n) {
+    int32x4_t e = vaddq_s32(vcvtnq_s32_f32(n.v), vdupq_n_s32(127));
+    return {vreinterpretq_f32_s32(vshlq_n_s32(e, 23))};
+  }
+};
+
+struct VecD {
+  using scalar = double;
+  static constexpr int width = 2;
+  float64x2_t v;
+
+  static VecD load(const double* p) { return {vld1q_f64(p)}; }
+  void store(double* p) const { vst1q_f64(p, v); }
+  void stream(double* p) const { vst1q_f64(p, v); }
+  static VecD set1(double s) { return {vdupq_n_f64(s)}; }
+
+  friend VecD operator+(VecD a, VecD b) { return {vaddq_f64(a.v, b.v)}; }
+  friend VecD operator-(VecD a, VecD b) { return {vsubq_f64(a.v, b.v)}; }
+  friend VecD operator*(VecD a, VecD b) { return {vmulq_f64(a.v, b.v)}; }
+  friend VecD fmadd(VecD a, VecD b, VecD c) { return {vfmaq_f64(c.v, a.v, b.v)}; }
+  friend VecD vmax(VecD a, VecD b) { return {vmaxq_f64(a.v, b.v)}; }
+  friend VecD vmin(VecD a, VecD b) { return {vminq_f64(a.v, b.v)}; }
+  friend VecD zero_below(VecD x, VecD lo, VecD res) {
+    uint64x2_t below = vcltq_f64(x.v, lo.v);
+    return {vreinterpretq_f64_u64(vbicq_u64(vreinterpretq_u64_f64(res.v), below))};
+  }
+  double hsum() const { return vaddvq_f64(v); }
+  double hmax() const { return vmaxvq_f64(v); }
+  bool any_nan() const {
+    uint64x2_t eq = vceqq_f64(v, v);
+    return (vgetq_lane_u64(eq, 0) & vgetq_lane_u64(eq, 1)) == 0;
+  }
+  static VecD pow2(VecD n) {
+    int64x2_t e = vaddq_s64(vcvtnq_s64_f64(n.v), vdupq_n_s64(1023));
+    return {vreinterpretq_f64_s64(vshlq_n_s64(e, 52))};
+  }
+};

@@ -1,0 +1,45 @@
+// Width-1 "vector" used for the scalar ISA and for row tails on every ISA.
+// Included inside each ISA namespace (never at global scope) so that no two
+// translation units compiled with different flags share an inline symbol.
+#pragma once
+
+template <class S>
+struct Vec1 {
+  using scalar = S;
+  static constexpr int width = 1;
+  S v;
+
+  static Vec1 load(const S* p) { return {*p}; }
+  void store(S* p) const { *p = v; }
+  void stream(S* p) const { *p = v; }
+  static Vec1 set1(S s) { return {s}; }
+
+  friend Vec1 operator+(Vec1 a, Vec1 b) { return {a.v + b.v}; }
+  friend Vec1 operator-(Vec1 a, Vec1 b) { return {a.v - b.v}; }
+  friend Vec1 operator*(Vec1 a, Vec1 b) { return {a.v * b.v}; }
+  // a*b + c
+  friend Vec1 fmadd(Vec1 a, Vec1 b, Vec1 c) { return {a.v * b.v + c.v}; }
+  // Same NaN rule as x86 maxps/minps: a NaN in b is returned.
+  friend Vec1 vmax(Vec1 a, Vec1 b) { return {a.v > b.v ? a.v : b.v}; }
+  friend Vec1 vmin(Vec1 a, Vec1 b) { return {a.v < b.v ? a.v : b.v}; }
+  // res where x >= lo (or x is NaN), else 0.
+  friend Vec1 zero_below(Vec1 x, Vec1 lo, Vec1 res) { return {x.v < lo.v ? S(0) : res.v}; }
+  S hsum() const { return v; }
+  S hmax() const { return v; }
+  bool any_nan() const { return v != v; }
+
+  // 2^n for integral n in the exponent range (n is held as a float/double).
+  static Vec1 pow2(Vec1 n) {
+    if constexpr (sizeof(S) == 4) {
+      int32_t bits = (static_cast<int32_t>(n.v) + 127) << 23;
+      S r;
+      __builtin_memcpy(&r, &bits, 4);
+      return {r};
+    } else {
+      int64_t bits = (static_cast<int64_t>(n.v) + 1023) << 52;
+      S r;
+      __builtin_memcpy(&r, &bits, 8);
+      return {r};
+    }
+  }
+};
