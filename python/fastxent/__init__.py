@@ -1,1 +1,29 @@
-"""fastxent"""
+"""fastxent: fused softmax cross-entropy, loss and gradient in one call.
+
+    loss, grad = fastxent.cross_entropy_with_grad(logits, labels)
+
+Backends: "cpp" (SIMD C++ kernels, the default), "numba", "numpy" (the reference).
+"""
+
+from ._api import (
+    cross_entropy,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    cross_entropy_with_grad,
+)
+from ._rowops import log_softmax, logsumexp, softmax
+from ._runtime import __version__, get_num_threads, info, set_num_threads
+
+__all__ = [
+    "__version__",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "cross_entropy_with_grad",
+    "get_num_threads",
+    "info",
+    "log_softmax",
+    "logsumexp",
+    "set_num_threads",
+    "softmax",
+]
