@@ -12,6 +12,7 @@ namespace isa_avx512 {
 #include "simd/vec_scalar.h"
 #include "simd/vec_avx512.h"
 #include "vexp.h"
+#include "vlog.h"
 #include "kernel_body.h"
 
 }  // namespace isa_avx512

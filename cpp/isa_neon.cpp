@@ -12,6 +12,7 @@ namespace isa_neon {
 #include "simd/vec_scalar.h"
 #include "simd/vec_neon.h"
 #include "vexp.h"
+#include "vlog.h"
 #include "kernel_body.h"
 
 }  // namespace isa_neon

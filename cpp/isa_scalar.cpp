@@ -12,6 +12,7 @@ namespace isa_scalar {
 using VecF = Vec1<float>;
 using VecD = Vec1<double>;
 #include "vexp.h"
+#include "vlog.h"
 #include "kernel_body.h"
 
 }  // namespace isa_scalar

@@ -19,7 +19,7 @@ struct VecFor<double> {
 constexpr double kInf = __builtin_inf();
 // A row whose logits and gradient fit in L2 together is processed with the exp values kept
 // there (one exp per logit); longer rows recompute exp in a second pass instead.
-constexpr int64_t kCachedRowBytes = 192 * 1024;
+constexpr int64_t kCachedRowBytes = 384 * 1024;
 // The online max is taken per block of this many logits; block sums are added in double,
 // which keeps a 128k-class row accurate to float32 rounding.
 constexpr int64_t kBlock = 1024;
@@ -91,6 +91,11 @@ inline double sum_of(const S* x, int64_t n) {
   return total;
 }
 
+template <class S>
+inline void fill_zero(S* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = S(0);
+}
+
 struct BlockSums {
   double s = 0, t = 0, wsum = 0;
 };
@@ -133,51 +138,6 @@ inline BlockSums exp_block(const S* x, S* out, int64_t n, S m, const S* w) {
   return r;
 }
 
-// Max, sum of exp and smoothing sums of a row (or slice) in one read: the max is updated per
-// block and the running sums are rescaled when it grows. A block of -inf before any finite
-// value is skipped, so -inf - -inf never happens.
-template <class S, bool kSmooth, bool kWeighted>
-inline RowStats online_stats(const S* x, int64_t n, const S* w) {
-  RowStats st{-kInf, 0.0, 0.0, 0.0, false};
-  for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
-    const int64_t len = min64(kBlock, n - c0);
-    const S* xb = x + c0;
-    const S* wb = kWeighted ? w + c0 : nullptr;
-    const double bm = max_of(xb, len);
-    if (bm > st.m) {
-      st.s *= __builtin_exp(st.m - bm);
-      if (kSmooth && st.wsum > 0) st.t -= st.wsum * (bm - st.m);
-      st.m = bm;
-    }
-    if (st.m == -kInf) {
-      st.nan = st.nan || has_nan(xb, len);
-      if (kSmooth) st.wsum += kWeighted ? sum_of(wb, len) : double(len);
-      continue;
-    }
-    BlockSums b = exp_block<S, false, kSmooth, kWeighted>(xb, nullptr, len, S(st.m), wb);
-    st.s += b.s;
-    st.t += b.t;
-    st.wsum += b.wsum;
-  }
-  if (st.nan) st.s = __builtin_nan("");
-  return st;
-}
-
-// A row that fits in cache: max in one read, then exp stored into out while summing.
-template <class S, bool kSmooth, bool kWeighted>
-inline RowStats cached_stats(const S* x, S* out, int64_t n, const S* w) {
-  RowStats st{double(max_of(x, n)), 0.0, 0.0, 0.0, false};
-  for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
-    const int64_t len = min64(kBlock, n - c0);
-    BlockSums b = exp_block<S, true, kSmooth, kWeighted>(x + c0, out + c0, len, S(st.m),
-                                                         kWeighted ? w + c0 : nullptr);
-    st.s += b.s;
-    st.t += b.t;
-    st.wsum += b.wsum;
-  }
-  return st;
-}
-
 // out_j = in_j * alpha - beta * w_j (beta * 1 when unweighted); in may be out.
 template <class S, bool kSmooth, bool kWeighted>
 inline void scale_row(const S* in, S* out, int64_t n, S alpha, S beta, const S* w) {
@@ -192,6 +152,61 @@ inline void scale_row(const S* in, S* out, int64_t n, S alpha, S beta, const S* 
   });
 }
 
+// Max, sum of exp and smoothing sums of a row (or slice) in one read: the max is updated per
+// block and the running sums are rescaled when it grows. A block of -inf before any finite
+// value is skipped, so -inf - -inf never happens. With kStore the exp values go to out,
+// each block relative to the running max at that block, recorded in block_shift[block].
+template <class S, bool kStore, bool kSmooth, bool kWeighted>
+inline RowStats online_stats(const S* x, int64_t n, const S* w, S* out = nullptr,
+                             double* block_shift = nullptr) {
+  RowStats st{-kInf, 0.0, 0.0, 0.0, false};
+  for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
+    const int64_t len = min64(kBlock, n - c0);
+    const S* xb = x + c0;
+    const S* wb = kWeighted ? w + c0 : nullptr;
+    const double bm = max_of(xb, len);
+    if (bm > st.m) {
+      st.s *= __builtin_exp(st.m - bm);
+      if (kSmooth && st.wsum > 0) st.t -= st.wsum * (bm - st.m);
+      st.m = bm;
+    }
+    if constexpr (kStore) block_shift[k] = st.m;
+    if (st.m == -kInf) {
+      st.nan = st.nan || has_nan(xb, len);
+      if (kSmooth) st.wsum += kWeighted ? sum_of(wb, len) : double(len);
+      if constexpr (kStore) fill_zero(out + c0, len);
+      continue;
+    }
+    BlockSums b = exp_block<S, kStore, kSmooth, kWeighted>(xb, kStore ? out + c0 : nullptr, len,
+                                                           S(st.m), wb);
+    st.s += b.s;
+    st.t += b.t;
+    st.wsum += b.wsum;
+  }
+  if (st.nan) st.s = __builtin_nan("");
+  return st;
+}
+
+// Rows of at most this many blocks keep their exp values in cache between the two passes.
+constexpr int64_t kMaxCachedBlocks = 64;
+
+template <class S>
+inline bool row_fits_cache(int64_t n) {
+  return 2 * n * int64_t(sizeof(S)) <= kCachedRowBytes && n <= kMaxCachedBlocks * kBlock;
+}
+
+// Second pass over exp values stored by online_stats<kStore>: out_j = e_j * alpha *
+// exp(shift_block - m) - beta * w_j, which is p_j * coef - beta * w_j.
+template <class S, bool kSmooth, bool kWeighted>
+inline void scale_blocks(S* out, int64_t n, const double* block_shift, double m, double alpha,
+                         S beta, const S* w) {
+  for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
+    const S factor = S(alpha * __builtin_exp(block_shift[k] - m));
+    scale_row<S, kSmooth, kWeighted>(out + c0, out + c0, min64(kBlock, n - c0), factor, beta,
+                                     kWeighted ? w + c0 : nullptr);
+  }
+}
+
 // out_j = exp(x_j - shift) * alpha - beta * w_j; out may be x.
 template <class S, bool kSmooth, bool kWeighted>
 inline void write_grad(const S* x, S* out, int64_t n, S shift, S alpha, S beta, const S* w) {
@@ -204,11 +219,6 @@ inline void write_grad(const S* x, S* out, int64_t n, S shift, S alpha, S beta, 
     }
     r.store(out + j);
   });
-}
-
-template <class S>
-inline void fill_zero(S* out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = S(0);
 }
 
 template <class S>
@@ -239,7 +249,8 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   S* grad = static_cast<S*>(a.grad);
   S* lse_out = static_cast<S*>(a.lse);
   const S* w = weight_of<S>(a);
-  const bool cached = mode == CeMode::fused && 2 * C * int64_t(sizeof(S)) <= kCachedRowBytes;
+  const bool cached = mode == CeMode::fused && row_fits_cache<S>(C);
+  double block_shift[kMaxCachedBlocks];
   for (int64_t i = r0; i < r1; ++i) {
     const S* x = logits + i * a.logits_stride;
     S* g = grad ? grad + i * a.grad_stride : nullptr;
@@ -258,8 +269,8 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     if (mode == CeMode::backward) {
       lse = shift = double(lse_out[i]);
     } else {
-      RowStats st = cached ? cached_stats<S, kSmooth, kWeighted>(x, g, C, w)
-                           : online_stats<S, kSmooth, kWeighted>(x, C, w);
+      RowStats st = cached ? online_stats<S, true, kSmooth, kWeighted>(x, C, w, g, block_shift)
+                           : online_stats<S, false, kSmooth, kWeighted>(x, C, w);
       lse = st.m + __builtin_log(st.s);
       shift = st.m;
       inv_s = 1.0 / st.s;
@@ -273,7 +284,8 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     }
     const GradCoefs c = grad_coefs(a, i, wy);
     if (cached) {
-      scale_row<S, kSmooth, kWeighted>(g, g, C, S(c.p_coef * inv_s), S(c.smooth_coef), w);
+      scale_blocks<S, kSmooth, kWeighted>(g, C, block_shift, shift, c.p_coef * inv_s,
+                                          S(c.smooth_coef), w);
     } else {
       write_grad<S, kSmooth, kWeighted>(x, g, C, S(shift), S(c.p_coef * inv_s), S(c.smooth_coef),
                                         w);
@@ -284,15 +296,113 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   }
 }
 
+// Rows with few classes: one row per vector lane, W rows at a time, so that the per-row work
+// (max, log, coefficients) is vectorised too instead of paying for horizontal reductions and
+// tails on every short row. Rows are transposed through a small tile.
+constexpr int64_t kSmallClasses = 16;
+
+template <class S, bool kSmooth, bool kWeighted>
+void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  using V = typename VecFor<S>::type;
+  constexpr int W = V::width;
+  const int64_t C = a.classes;
+  const S* logits = static_cast<const S*>(a.logits);
+  S* grad = static_cast<S*>(a.grad);
+  S* lse_io = static_cast<S*>(a.lse);
+  const S* w = weight_of<S>(a);
+  alignas(64) S tile[kSmallClasses][W];
+  alignas(64) S m_l[W], s_l[W], t_l[W], lse_l[W], alpha_l[W], beta_l[W];
+  double label_grad[W];
+  int64_t i = r0;
+  for (; i + W <= r1; i += W) {
+    for (int l = 0; l < W; ++l) {
+      const S* x = logits + (i + l) * a.logits_stride;
+      for (int64_t j = 0; j < C; ++j) tile[j][l] = x[j];
+    }
+    if (mode == CeMode::backward) {
+      const V lse = V::load(lse_io + i);
+      for (int64_t j = 0; j < C; ++j) vexp(V::load(tile[j]) - lse).store(tile[j]);
+    } else {
+      V m = V::load(tile[0]);
+      for (int64_t j = 1; j < C; ++j) m = vmax(m, V::load(tile[j]));
+      V s = V::set1(0), t = V::set1(0);
+      for (int64_t j = 0; j < C; ++j) {
+        const V d = V::load(tile[j]) - m;
+        const V e = vexp(d);
+        e.store(tile[j]);
+        s = s + e;
+        if constexpr (kSmooth) t = kWeighted ? fmadd(V::set1(w[j]), d, t) : t + d;
+      }
+      (m + vlog(s)).store(lse_l);
+      m.store(m_l);
+      s.store(s_l);
+      t.store(t_l);
+    }
+    for (int l = 0; l < W; ++l) {
+      const int64_t row = i + l, y = a.labels[row];
+      alpha_l[l] = beta_l[l] = S(0);
+      if (y == a.ignore_index) {
+        if (mode != CeMode::backward) {
+          a.row_loss[row] = 0.0;
+          lse_io[row] = S(0);
+        }
+        continue;
+      }
+      const double wy = w ? double(w[y]) : 1.0;
+      if (mode != CeMode::backward) {
+        const double lse = lse_l[l];
+        double loss = (1.0 - a.smoothing) * wy * (lse - double(logits[row * a.logits_stride + y]));
+        if constexpr (kSmooth) loss += a.smoothing / double(C) * (a.weight_total * (lse - m_l[l]) - t_l[l]);
+        a.row_loss[row] = loss;
+        lse_io[row] = S(lse);
+        if (mode == CeMode::forward) continue;
+      }
+      const GradCoefs c = grad_coefs(a, row, wy);
+      // In backward the tile already holds p; in the fused pass it holds exp(z - m) = p * s.
+      const double alpha = mode == CeMode::backward ? c.p_coef : c.p_coef / double(s_l[l]);
+      alpha_l[l] = S(alpha);
+      beta_l[l] = S(c.smooth_coef);
+      label_grad[l] = double(tile[y][l]) * alpha - c.smooth_coef * wy - c.label_coef;
+    }
+    if (mode == CeMode::forward) continue;
+    const V alpha = V::load(alpha_l), beta = V::load(beta_l);
+    for (int64_t j = 0; j < C; ++j) {
+      V g = V::load(tile[j]) * alpha;
+      if constexpr (kSmooth) g = g - (kWeighted ? beta * V::set1(w[j]) : beta);
+      g.store(tile[j]);
+    }
+    for (int l = 0; l < W; ++l) {
+      const int64_t row = i + l, y = a.labels[row];
+      S* g = grad + row * a.grad_stride;
+      if (y == a.ignore_index) {
+        fill_zero(g, C);
+        continue;
+      }
+      for (int64_t j = 0; j < C; ++j) g[j] = tile[j][l];
+      g[y] = S(label_grad[l]);
+    }
+  }
+  if (i < r1) ce_rows<S, kSmooth, kWeighted>(a, i, r1, mode);
+}
+
+template <class S, bool kSmooth, bool kWeighted>
+void ce_rows_any(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  if (VecFor<S>::type::width > 1 && a.classes <= kSmallClasses) {
+    ce_small_rows<S, kSmooth, kWeighted>(a, r0, r1, mode);
+  } else {
+    ce_rows<S, kSmooth, kWeighted>(a, r0, r1, mode);
+  }
+}
+
 template <class S>
 void ce_rows_dispatch(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   const bool weighted = weight_of<S>(a) != nullptr;
   if (a.smoothing == 0.0) {
-    ce_rows<S, false, false>(a, r0, r1, mode);
+    ce_rows_any<S, false, false>(a, r0, r1, mode);
   } else if (weighted) {
-    ce_rows<S, true, true>(a, r0, r1, mode);
+    ce_rows_any<S, true, true>(a, r0, r1, mode);
   } else {
-    ce_rows<S, true, false>(a, r0, r1, mode);
+    ce_rows_any<S, true, false>(a, r0, r1, mode);
   }
 }
 
@@ -314,9 +424,9 @@ template <class S>
 RowStats slice_stats_t(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, bool smoothing) {
   const S* x = static_cast<const S*>(a.logits) + row * a.logits_stride + c0;
   const S* w = weight_of<S>(a);
-  if (!smoothing) return online_stats<S, false, false>(x, c1 - c0, nullptr);
-  if (w) return online_stats<S, true, true>(x, c1 - c0, w + c0);
-  return online_stats<S, true, false>(x, c1 - c0, nullptr);
+  if (!smoothing) return online_stats<S, false, false, false>(x, c1 - c0, nullptr);
+  if (w) return online_stats<S, false, true, true>(x, c1 - c0, w + c0);
+  return online_stats<S, false, true, false>(x, c1 - c0, nullptr);
 }
 
 RowStats slice_stats(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, bool smoothing) {
@@ -351,21 +461,22 @@ void slice_grad(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, double shi
 template <class S>
 void rowop_rows_t(const RowsArgs& a, RowOp op, int64_t r0, int64_t r1) {
   const int64_t C = a.classes;
-  const bool cached = 2 * C * int64_t(sizeof(S)) <= kCachedRowBytes;
+  const bool cached = row_fits_cache<S>(C);
+  double block_shift[kMaxCachedBlocks];
   for (int64_t i = r0; i < r1; ++i) {
     const S* x = static_cast<const S*>(a.x) + i * a.x_stride;
     if (op == RowOp::logsumexp) {
-      RowStats st = online_stats<S, false, false>(x, C, nullptr);
+      RowStats st = online_stats<S, false, false, false>(x, C, nullptr);
       static_cast<S*>(a.out)[i * a.out_stride] = S(st.m + __builtin_log(st.s));
       continue;
     }
     S* out = static_cast<S*>(a.out) + i * a.out_stride;
     if (op == RowOp::softmax && cached) {
-      RowStats st = cached_stats<S, false, false>(x, out, C, nullptr);
-      scale_row<S, false, false>(out, out, C, S(1.0 / st.s), S(0), nullptr);
+      RowStats st = online_stats<S, true, false, false>(x, C, nullptr, out, block_shift);
+      scale_blocks<S, false, false>(out, C, block_shift, st.m, 1.0 / st.s, S(0), nullptr);
       continue;
     }
-    RowStats st = online_stats<S, false, false>(x, C, nullptr);
+    RowStats st = online_stats<S, false, false, false>(x, C, nullptr);
     if (op == RowOp::softmax) {
       write_grad<S, false, false>(x, out, C, S(st.m), S(1.0 / st.s), S(0), nullptr);
     } else {

@@ -15,6 +15,7 @@ struct VecF {
   friend VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend VecF operator-(VecF a, VecF b) { return {_mm256_sub_ps(a.v, b.v)}; }
   friend VecF operator*(VecF a, VecF b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  friend VecF operator/(VecF a, VecF b) { return {_mm256_div_ps(a.v, b.v)}; }
   friend VecF fmadd(VecF a, VecF b, VecF c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   friend VecF vmax(VecF a, VecF b) { return {_mm256_max_ps(a.v, b.v)}; }
   friend VecF vmin(VecF a, VecF b) { return {_mm256_min_ps(a.v, b.v)}; }
@@ -34,6 +35,12 @@ struct VecF {
     return _mm_cvtss_f32(s);
   }
   bool any_nan() const { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
+  static void split_exponent(VecF x, VecF& mant, VecF& expo) {
+    __m256i bits = _mm256_castps_si256(x.v);
+    expo.v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+    bits = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)), _mm256_set1_epi32(0x3F800000));
+    mant.v = _mm256_castsi256_ps(bits);
+  }
   static VecF pow2(VecF n) {
     __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(e, 23))};
@@ -53,6 +60,7 @@ struct VecD {
   friend VecD operator+(VecD a, VecD b) { return {_mm256_add_pd(a.v, b.v)}; }
   friend VecD operator-(VecD a, VecD b) { return {_mm256_sub_pd(a.v, b.v)}; }
   friend VecD operator*(VecD a, VecD b) { return {_mm256_mul_pd(a.v, b.v)}; }
+  friend VecD operator/(VecD a, VecD b) { return {_mm256_div_pd(a.v, b.v)}; }
   friend VecD fmadd(VecD a, VecD b, VecD c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
   friend VecD vmax(VecD a, VecD b) { return {_mm256_max_pd(a.v, b.v)}; }
   friend VecD vmin(VecD a, VecD b) { return {_mm256_min_pd(a.v, b.v)}; }
@@ -68,6 +76,15 @@ struct VecD {
     return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
   }
   bool any_nan() const { return _mm256_movemask_pd(_mm256_cmp_pd(v, v, _CMP_UNORD_Q)) != 0; }
+  static void split_exponent(VecD x, VecD& mant, VecD& expo) {
+    __m256i bits = _mm256_castpd_si256(x.v);
+    // exponent bits placed under 2^52 read as 2^52 + biased exponent (no int64->double in AVX2)
+    __m256i e = _mm256_or_si256(_mm256_srli_epi64(bits, 52), _mm256_set1_epi64x(0x4330000000000000LL));
+    expo.v = _mm256_sub_pd(_mm256_castsi256_pd(e), _mm256_set1_pd(4503599627370496.0 + 1023.0));
+    bits = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFLL)),
+                           _mm256_set1_epi64x(0x3FF0000000000000LL));
+    mant.v = _mm256_castsi256_pd(bits);
+  }
   // AVX2 has no double->int64 conversion: n + 1.5*2^52 puts n in the low mantissa bits.
   static VecD pow2(VecD n) {
     const __m256d magic = _mm256_set1_pd(6755399441055744.0);

@@ -15,6 +15,7 @@ struct VecF {
   friend VecF operator+(VecF a, VecF b) { return {_mm512_add_ps(a.v, b.v)}; }
   friend VecF operator-(VecF a, VecF b) { return {_mm512_sub_ps(a.v, b.v)}; }
   friend VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend VecF operator/(VecF a, VecF b) { return {_mm512_div_ps(a.v, b.v)}; }
   friend VecF fmadd(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   friend VecF vmax(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
   friend VecF vmin(VecF a, VecF b) { return {_mm512_min_ps(a.v, b.v)}; }
@@ -24,6 +25,10 @@ struct VecF {
   float hsum() const { return _mm512_reduce_add_ps(v); }
   float hmax() const { return _mm512_reduce_max_ps(v); }
   bool any_nan() const { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+  static void split_exponent(VecF x, VecF& mant, VecF& expo) {
+    expo.v = _mm512_getexp_ps(x.v);
+    mant.v = _mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  }
   static VecF pow2(VecF n) {
     __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
     return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
@@ -43,6 +48,7 @@ struct VecD {
   friend VecD operator+(VecD a, VecD b) { return {_mm512_add_pd(a.v, b.v)}; }
   friend VecD operator-(VecD a, VecD b) { return {_mm512_sub_pd(a.v, b.v)}; }
   friend VecD operator*(VecD a, VecD b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  friend VecD operator/(VecD a, VecD b) { return {_mm512_div_pd(a.v, b.v)}; }
   friend VecD fmadd(VecD a, VecD b, VecD c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
   friend VecD vmax(VecD a, VecD b) { return {_mm512_max_pd(a.v, b.v)}; }
   friend VecD vmin(VecD a, VecD b) { return {_mm512_min_pd(a.v, b.v)}; }
@@ -52,6 +58,10 @@ struct VecD {
   double hsum() const { return _mm512_reduce_add_pd(v); }
   double hmax() const { return _mm512_reduce_max_pd(v); }
   bool any_nan() const { return _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) != 0; }
+  static void split_exponent(VecD x, VecD& mant, VecD& expo) {
+    expo.v = _mm512_getexp_pd(x.v);
+    mant.v = _mm512_getmant_pd(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  }
   static VecD pow2(VecD n) {
     __m512i e = _mm512_add_epi64(_mm512_cvtpd_epi64(n.v), _mm512_set1_epi64(1023));
     return {_mm512_castsi512_pd(_mm512_slli_epi64(e, 52))};

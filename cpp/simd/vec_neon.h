@@ -15,6 +15,7 @@ struct VecF {
   friend VecF operator+(VecF a, VecF b) { return {vaddq_f32(a.v, b.v)}; }
   friend VecF operator-(VecF a, VecF b) { return {vsubq_f32(a.v, b.v)}; }
   friend VecF operator*(VecF a, VecF b) { return {vmulq_f32(a.v, b.v)}; }
+  friend VecF operator/(VecF a, VecF b) { return {vdivq_f32(a.v, b.v)}; }
   friend VecF fmadd(VecF a, VecF b, VecF c) { return {vfmaq_f32(c.v, a.v, b.v)}; }
   friend VecF vmax(VecF a, VecF b) { return {vmaxq_f32(a.v, b.v)}; }  // NaN propagates
   friend VecF vmin(VecF a, VecF b) { return {vminq_f32(a.v, b.v)}; }
@@ -25,6 +26,12 @@ struct VecF {
   float hsum() const { return vaddvq_f32(v); }
   float hmax() const { return vmaxvq_f32(v); }
   bool any_nan() const { return vminvq_u32(vceqq_f32(v, v)) == 0; }
+  static void split_exponent(VecF x, VecF& mant, VecF& expo) {
+    uint32x4_t bits = vreinterpretq_u32_f32(x.v);
+    expo.v = vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(vshrq_n_u32(bits, 23)), vdupq_n_s32(127)));
+    bits = vorrq_u32(vandq_u32(bits, vdupq_n_u32(0x007FFFFF)), vdupq_n_u32(0x3F800000));
+    mant.v = vreinterpretq_f32_u32(bits);
+  }
   static VecF pow2(VecF n) {
     int32x4_t e = vaddq_s32(vcvtnq_s32_f32(n.v), vdupq_n_s32(127));
     return {vreinterpretq_f32_s32(vshlq_n_s32(e, 23))};
@@ -44,6 +51,7 @@ struct VecD {
   friend VecD operator+(VecD a, VecD b) { return {vaddq_f64(a.v, b.v)}; }
   friend VecD operator-(VecD a, VecD b) { return {vsubq_f64(a.v, b.v)}; }
   friend VecD operator*(VecD a, VecD b) { return {vmulq_f64(a.v, b.v)}; }
+  friend VecD operator/(VecD a, VecD b) { return {vdivq_f64(a.v, b.v)}; }
   friend VecD fmadd(VecD a, VecD b, VecD c) { return {vfmaq_f64(c.v, a.v, b.v)}; }
   friend VecD vmax(VecD a, VecD b) { return {vmaxq_f64(a.v, b.v)}; }
   friend VecD vmin(VecD a, VecD b) { return {vminq_f64(a.v, b.v)}; }
@@ -56,6 +64,12 @@ struct VecD {
   bool any_nan() const {
     uint64x2_t eq = vceqq_f64(v, v);
     return (vgetq_lane_u64(eq, 0) & vgetq_lane_u64(eq, 1)) == 0;
+  }
+  static void split_exponent(VecD x, VecD& mant, VecD& expo) {
+    uint64x2_t bits = vreinterpretq_u64_f64(x.v);
+    expo.v = vcvtq_f64_s64(vsubq_s64(vreinterpretq_s64_u64(vshrq_n_u64(bits, 52)), vdupq_n_s64(1023)));
+    bits = vorrq_u64(vandq_u64(bits, vdupq_n_u64(0x000FFFFFFFFFFFFFULL)), vdupq_n_u64(0x3FF0000000000000ULL));
+    mant.v = vreinterpretq_f64_u64(bits);
   }
   static VecD pow2(VecD n) {
     int64x2_t e = vaddq_s64(vcvtnq_s64_f64(n.v), vdupq_n_s64(1023));

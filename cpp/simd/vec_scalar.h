@@ -17,6 +17,7 @@ struct Vec1 {
   friend Vec1 operator+(Vec1 a, Vec1 b) { return {a.v + b.v}; }
   friend Vec1 operator-(Vec1 a, Vec1 b) { return {a.v - b.v}; }
   friend Vec1 operator*(Vec1 a, Vec1 b) { return {a.v * b.v}; }
+  friend Vec1 operator/(Vec1 a, Vec1 b) { return {a.v / b.v}; }
   // a*b + c
   friend Vec1 fmadd(Vec1 a, Vec1 b, Vec1 c) { return {a.v * b.v + c.v}; }
   // Same NaN rule as x86 maxps/minps: a NaN in b is returned.
@@ -27,6 +28,23 @@ struct Vec1 {
   S hsum() const { return v; }
   S hmax() const { return v; }
   bool any_nan() const { return v != v; }
+
+  // x = mant * 2^expo with mant in [1, 2), for positive normal x.
+  static void split_exponent(Vec1 x, Vec1& mant, Vec1& expo) {
+    if constexpr (sizeof(S) == 4) {
+      int32_t bits;
+      __builtin_memcpy(&bits, &x.v, 4);
+      expo.v = S((bits >> 23) - 127);
+      bits = (bits & 0x007FFFFF) | 0x3F800000;
+      __builtin_memcpy(&mant.v, &bits, 4);
+    } else {
+      int64_t bits;
+      __builtin_memcpy(&bits, &x.v, 8);
+      expo.v = S((bits >> 52) - 1023);
+      bits = (bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL;
+      __builtin_memcpy(&mant.v, &bits, 8);
+    }
+  }
 
   // 2^n for integral n in the exponent range (n is held as a float/double).
   static Vec1 pow2(Vec1 n) {
