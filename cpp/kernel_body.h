@@ -166,7 +166,7 @@ inline RowStats online_stats(const S* x, int64_t n, const S* w, S* out = nullptr
     const S* wb = kWeighted ? w + c0 : nullptr;
     const double bm = max_of(xb, len);
     if (bm > st.m) {
-      st.s *= __builtin_exp(st.m - bm);
+      if (st.s != 0) st.s *= __builtin_exp(st.m - bm);
       if (kSmooth && st.wsum > 0) st.t -= st.wsum * (bm - st.m);
       st.m = bm;
     }

@@ -5,22 +5,18 @@
 #pragma once
 
 template <class V>
-inline V round_to_integral(V x) {
-  // Adding and subtracting 1.5 * 2^mantissa_bits rounds to nearest for |x| < 2^22 (float).
-  using S = typename V::scalar;
-  const V magic = V::set1(sizeof(S) == 4 ? S(12582912.0) : S(6755399441055744.0));
-  return (x + magic) - magic;
-}
-
-template <class V>
 inline V vexp(V x) {
   using S = typename V::scalar;
   constexpr bool f32 = sizeof(S) == 4;
   const V lo = V::set1(f32 ? S(-87.33654) : S(-708.3964185322641));
-  const V hi = V::set1(f32 ? S(88.0) : S(709.0));
-  // vmax/vmin return their second operand on NaN, so NaN inputs pass through.
-  V xc = vmin(hi, vmax(lo, x));
-  V n = round_to_integral(xc * V::set1(S(1.4426950408889634)));
+  // Inputs are <= 0 (logit minus the row max), so only the low end is clamped. vmax returns
+  // its second operand on NaN, so NaN passes through.
+  V xc = vmax(lo, x);
+  // Adding 1.5 * 2^mantissa_bits rounds x/ln2 to an integer n held in the low mantissa bits
+  // of t, where pow2_of_rounded reads it back as an exponent.
+  const V magic = V::set1(f32 ? S(12582912.0) : S(6755399441055744.0));
+  V t = fmadd(xc, V::set1(S(1.4426950408889634)), magic);
+  V n = t - magic;
   V r;
   if constexpr (f32) {
     r = fmadd(n, V::set1(-0.693145751953125f), xc);  // ln2 split so n*hi is exact
@@ -54,5 +50,5 @@ inline V vexp(V x) {
     p = fmadd(p, r, V::set1(1.0));
     p = fmadd(p, r, V::set1(1.0));
   }
-  return zero_below(x, lo, p * V::pow2(n));
+  return zero_below(x, lo, p * V::pow2_of_rounded(t));
 }

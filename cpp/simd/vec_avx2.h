@@ -41,9 +41,10 @@ struct VecF {
     bits = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)), _mm256_set1_epi32(0x3F800000));
     mant.v = _mm256_castsi256_ps(bits);
   }
-  static VecF pow2(VecF n) {
-    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
-    return {_mm256_castsi256_ps(_mm256_slli_epi32(e, 23))};
+  // 2^n from t = n + 1.5 * 2^23 (see vexp.h).
+  static VecF pow2_of_rounded(VecF t) {
+    __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
+    return {_mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(127 << 23)))};
   }
 };
 
@@ -85,12 +86,9 @@ struct VecD {
                            _mm256_set1_epi64x(0x3FF0000000000000LL));
     mant.v = _mm256_castsi256_pd(bits);
   }
-  // AVX2 has no double->int64 conversion: n + 1.5*2^52 puts n in the low mantissa bits.
-  static VecD pow2(VecD n) {
-    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
-    __m256i bits = _mm256_castpd_si256(_mm256_add_pd(n.v, magic));
-    bits = _mm256_sub_epi64(bits, _mm256_castpd_si256(magic));
-    bits = _mm256_add_epi64(bits, _mm256_set1_epi64x(1023));
-    return {_mm256_castsi256_pd(_mm256_slli_epi64(bits, 52))};
+  // 2^n from t = n + 1.5 * 2^52 (see vexp.h).
+  static VecD pow2_of_rounded(VecD t) {
+    __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t.v), 52);
+    return {_mm256_castsi256_pd(_mm256_add_epi64(e, _mm256_set1_epi64x(int64_t(1023) << 52)))};
   }
 };

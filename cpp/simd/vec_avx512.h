@@ -29,9 +29,10 @@ struct VecF {
     expo.v = _mm512_getexp_ps(x.v);
     mant.v = _mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
   }
-  static VecF pow2(VecF n) {
-    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
-    return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
+  // 2^n from t = n + 1.5 * 2^23 (see vexp.h).
+  static VecF pow2_of_rounded(VecF t) {
+    __m512i e = _mm512_slli_epi32(_mm512_castps_si512(t.v), 23);
+    return {_mm512_castsi512_ps(_mm512_add_epi32(e, _mm512_set1_epi32(127 << 23)))};
   }
 };
 
@@ -62,8 +63,9 @@ struct VecD {
     expo.v = _mm512_getexp_pd(x.v);
     mant.v = _mm512_getmant_pd(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
   }
-  static VecD pow2(VecD n) {
-    __m512i e = _mm512_add_epi64(_mm512_cvtpd_epi64(n.v), _mm512_set1_epi64(1023));
-    return {_mm512_castsi512_pd(_mm512_slli_epi64(e, 52))};
+  // 2^n from t = n + 1.5 * 2^52 (see vexp.h).
+  static VecD pow2_of_rounded(VecD t) {
+    __m512i e = _mm512_slli_epi64(_mm512_castpd_si512(t.v), 52);
+    return {_mm512_castsi512_pd(_mm512_add_epi64(e, _mm512_set1_epi64(int64_t(1023) << 52)))};
   }
 };

@@ -32,9 +32,10 @@ struct VecF {
     bits = vorrq_u32(vandq_u32(bits, vdupq_n_u32(0x007FFFFF)), vdupq_n_u32(0x3F800000));
     mant.v = vreinterpretq_f32_u32(bits);
   }
-  static VecF pow2(VecF n) {
-    int32x4_t e = vaddq_s32(vcvtnq_s32_f32(n.v), vdupq_n_s32(127));
-    return {vreinterpretq_f32_s32(vshlq_n_s32(e, 23))};
+  // 2^n from t = n + 1.5 * 2^23 (see vexp.h).
+  static VecF pow2_of_rounded(VecF t) {
+    uint32x4_t e = vshlq_n_u32(vreinterpretq_u32_f32(t.v), 23);
+    return {vreinterpretq_f32_u32(vaddq_u32(e, vdupq_n_u32(127u << 23)))};
   }
 };
 
@@ -71,8 +72,9 @@ struct VecD {
     bits = vorrq_u64(vandq_u64(bits, vdupq_n_u64(0x000FFFFFFFFFFFFFULL)), vdupq_n_u64(0x3FF0000000000000ULL));
     mant.v = vreinterpretq_f64_u64(bits);
   }
-  static VecD pow2(VecD n) {
-    int64x2_t e = vaddq_s64(vcvtnq_s64_f64(n.v), vdupq_n_s64(1023));
-    return {vreinterpretq_f64_s64(vshlq_n_s64(e, 52))};
+  // 2^n from t = n + 1.5 * 2^52 (see vexp.h).
+  static VecD pow2_of_rounded(VecD t) {
+    uint64x2_t e = vshlq_n_u64(vreinterpretq_u64_f64(t.v), 52);
+    return {vreinterpretq_f64_u64(vaddq_u64(e, vdupq_n_u64(uint64_t(1023) << 52)))};
   }
 };

@@ -46,15 +46,20 @@ struct Vec1 {
     }
   }
 
-  // 2^n for integral n in the exponent range (n is held as a float/double).
-  static Vec1 pow2(Vec1 n) {
+  // 2^n where t = n + 1.5 * 2^mantissa_bits: the low bits of t hold n, and shifting them to the
+  // exponent field drops the rest (unsigned arithmetic: the wrap-around is intended).
+  static Vec1 pow2_of_rounded(Vec1 t) {
     if constexpr (sizeof(S) == 4) {
-      int32_t bits = (static_cast<int32_t>(n.v) + 127) << 23;
+      uint32_t bits;
+      __builtin_memcpy(&bits, &t.v, 4);
+      bits = (bits << 23) + (127u << 23);
       S r;
       __builtin_memcpy(&r, &bits, 4);
       return {r};
     } else {
-      int64_t bits = (static_cast<int64_t>(n.v) + 1023) << 52;
+      uint64_t bits;
+      __builtin_memcpy(&bits, &t.v, 8);
+      bits = (bits << 52) + (uint64_t(1023) << 52);
       S r;
       __builtin_memcpy(&r, &bits, 8);
       return {r};
