@@ -182,7 +182,7 @@ def gradient_buffer(problem: Problem, out, inplace: bool):
     if not out.flags.writeable:
         raise ValueError("out must be writable")
     classes = problem.classes
-    if classes > 1 and out.strides[-1] != out.itemsize:
+    if classes > 1 and out.size and out.strides[-1] != out.itemsize:
         raise ValueError("out must have a contiguous class (last) axis")
     view = rows_view(out, classes)
     if view is None:

@@ -1,0 +1,494 @@
+"""PyTorch glue: a drop-in ``cross_entropy`` / ``CrossEntropyLoss`` backed by the fastxent kernels.
+
+    import fastxent.torch as fxt
+    loss = fxt.cross_entropy(logits, target)            # like torch.nn.functional.cross_entropy
+    loss.backward()                                     # gradient from the saved log-sum-exp
+
+Same signature (options after ``weight`` are keyword-only, see below) and results as
+``torch.nn.functional.cross_entropy`` / ``torch.nn.CrossEntropyLoss`` with class-index targets:
+``weight``, ``ignore_index``, ``label_smoothing``, ``reduction``; inputs ``(N, C)``, unbatched
+``(C,)`` with a 0-d target, and ``(N, C, d1, ..., dk)`` with targets ``(N, d1, ..., dk)``.
+CPU tensors only.
+
+How it runs
+-----------
+In eager mode a ``torch.autograd.Function`` hands the tensors' NumPy views (zero copy) to
+``fastxent.cross_entropy_forward`` & co. Under ``torch.compile`` (and ``torch.export``) the same
+kernels run as custom operators (``torch.ops.fastxent.ce_forward``, ``ce_backward``,
+``ce_fused``, ``ce_scale_grad``) with fake (shape) implementations and autograd formulas, so the
+compiler keeps them as opaque ops in its graph: no graph breaks, ``fullgraph=True`` works.
+Eager mode does not use the ops because dispatching through them costs about twice the
+per-call overhead, which is most of the time for small batches.
+
+* Default: the forward computes the loss and keeps the per-row log-sum-exp; the backward makes
+  the gradient from it in one read of the logits (no max/sum recomputed).
+* ``grad_in_forward=True``: the forward computes loss and gradient in one fused pass and keeps the
+  gradient; the backward hands it on as it is when ``grad_output`` is 1 (``loss.backward()``)
+  and scales it (a new tensor) otherwise. It holds a logits-sized gradient from forward to
+  backward, wasted if you never call backward. Skipped when no gradient is needed.
+* ``inplace=True`` (implies ``grad_in_forward``): the gradient is written over the logits' own
+  storage, so no gradient buffer is allocated at all. See "In-place" below.
+
+Layouts and dtypes
+------------------
+The kernels need the class axis contiguous and last. ``(N, C)`` inputs are used as they are
+(row-strided slices too). ``(N, C, d1, ..., dk)`` inputs have their class axis moved last,
+which makes a copy of the logits (and the gradient goes back through that copy).
+float32 and float64 run natively. float16 and bfloat16 are upcast to float32 (a copy), computed
+in float32, and the loss is cast back to the input's dtype (the gradient too, by autograd).
+Targets: any integer dtype (torch itself only takes int64/uint8). Probability (float) targets
+are not supported. The gradient with respect to ``weight`` is not computed (as in PyTorch).
+
+Why keyword-only options
+------------------------
+PyTorch's signatures still have the deprecated ``size_average`` and ``reduce`` between ``weight``
+and ``ignore_index``. Making everything after ``weight`` keyword-only means code written for
+PyTorch either means the same thing here or fails loudly, never silently shifts an argument.
+
+In-place
+--------
+``inplace=True`` overwrites the input with the gradient during the forward, so it is only for
+logits that nothing else needs afterwards: typically the output of a ``Linear`` layer (whose
+backward needs its input and weight, not its output) that you do not read after the loss call
+(compute accuracy/argmax *before* the loss). It is refused with a RuntimeError for leaf tensors
+that require grad, for views (e.g. ``x.view(-1, C)`` or a 3-D ``Linear`` output; apply the layer
+to a 2-D input instead), for non-contiguous inputs, for float16/bfloat16, for inputs with the
+class axis not last (more than 2 dims) and under ``torch.compile``. The write bumps the tensor's
+version counter, so if another autograd node saved the logits (``exp``, ``sigmoid``,
+``softmax``...) PyTorch raises "modified by an inplace operation" at backward time instead of
+computing a wrong gradient. When no gradient is needed (no_grad, or an input that does not
+require grad) nothing is overwritten. The backward scales the gradient in place as well (when
+``grad_output`` is not 1), so backpropagating twice through the same graph
+(``retain_graph=True``) then raises.
+
+Double backward (second derivatives) is not supported and raises a RuntimeError that says so:
+when the backward runs with ``create_graph=True`` or, in the default mode under torch.compile,
+when the gradient is differentiated.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "fastxent.torch needs PyTorch, which is not installed: pip install torch "
+        "(the CPU build is enough; fastxent's kernels run on CPU)"
+    ) from exc
+
+import numpy as np
+
+import fastxent
+
+__all__ = ["CrossEntropyLoss", "cross_entropy"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+_NATIVE = (torch.float32, torch.float64)
+_UPCAST = (torch.float16, torch.bfloat16)
+_OPTS = "int ignore_index, float label_smoothing, str reduction"
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom operators: the kernels as ops torch.compile can keep in its graph without tracing them.
+# Their implementations see plain CPU tensors; everything is passed to fastxent as NumPy views.
+
+
+def _np(t):
+    # detach: the op bodies run below autograd but the tensors may still carry requires_grad.
+    return None if t is None else t.detach().numpy()
+
+
+def _out(grad):
+    # NumPy gives empty arrays zero strides, which fastxent's out= check rejects as "class axis
+    # not contiguous": let it allocate its own (empty) result then.
+    return grad.numpy() if grad.numel() else None
+
+
+def _loss_tensor(loss):
+    # fastxent returns a NumPy scalar (mean/sum) or a freshly allocated array (none): wrap it
+    # without a copy (np.asarray turns the scalar into a writable 0-d array).
+    return torch.from_numpy(np.asarray(loss))
+
+
+def _loss_shape(logits, reduction):
+    return (logits.shape[0],) if reduction == "none" else ()
+
+
+@torch.library.custom_op(
+    "fastxent::ce_forward", mutates_args=(),
+    schema=f"(Tensor logits, Tensor labels, Tensor? weight, {_OPTS}) -> (Tensor, Tensor)",
+)
+def _ce_forward(logits, labels, weight, ignore_index, label_smoothing, reduction):
+    """(loss, lse) for (N, C) logits and (N,) labels."""
+    loss, lse = fastxent.cross_entropy_forward(
+        _np(logits), _np(labels), weight=_np(weight), ignore_index=ignore_index,
+        label_smoothing=label_smoothing, reduction=reduction,
+    )
+    return _loss_tensor(loss), torch.from_numpy(lse)
+
+
+@_ce_forward.register_fake
+def _(logits, labels, weight, ignore_index, label_smoothing, reduction):
+    return (logits.new_empty(_loss_shape(logits, reduction)),
+            logits.new_empty((logits.shape[0],)))
+
+
+@torch.library.custom_op(
+    "fastxent::ce_backward", mutates_args=(),
+    schema=(f"(Tensor grad_output, Tensor logits, Tensor labels, Tensor lse, Tensor? weight, "
+            f"{_OPTS}) -> Tensor"),
+)
+def _ce_backward(grad_output, logits, labels, lse, weight, ignore_index, label_smoothing,
+                 reduction):
+    """d(loss * grad_output)/d logits from the saved lse, written into a fresh tensor's buffer."""
+    grad = torch.empty(logits.shape, dtype=logits.dtype)
+    fastxent.cross_entropy_backward(
+        _np(logits), _np(labels), _np(lse), weight=_np(weight), ignore_index=ignore_index,
+        label_smoothing=label_smoothing, reduction=reduction, grad_output=_np(grad_output),
+        out=_out(grad),
+    )
+    return grad
+
+
+@_ce_backward.register_fake
+def _(grad_output, logits, labels, lse, weight, ignore_index, label_smoothing, reduction):
+    # Always C-contiguous (not empty_like): the real op allocates it so, whatever the logits'
+    # strides, and the kernels want a contiguous class axis in out=.
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+@torch.library.custom_op(
+    "fastxent::ce_fused", mutates_args=(),
+    schema=f"(Tensor logits, Tensor labels, Tensor? weight, {_OPTS}) -> (Tensor, Tensor)",
+)
+def _ce_fused(logits, labels, weight, ignore_index, label_smoothing, reduction):
+    """(loss, grad) in one pass, grad for grad_output=1: for "none" it is the unscaled per-row
+    gradient, so any per-row grad_output can be applied later by scaling rows."""
+    grad = torch.empty(logits.shape, dtype=logits.dtype)
+    loss, _ = fastxent.cross_entropy_with_grad(
+        _np(logits), _np(labels), weight=_np(weight), ignore_index=ignore_index,
+        label_smoothing=label_smoothing, reduction=reduction, out=_out(grad),
+    )
+    return _loss_tensor(loss), grad
+
+
+@_ce_fused.register_fake
+def _(logits, labels, weight, ignore_index, label_smoothing, reduction):
+    return (logits.new_empty(_loss_shape(logits, reduction)),
+            torch.empty(logits.shape, dtype=logits.dtype, device=logits.device))
+
+
+@torch.library.custom_op("fastxent::ce_scale_grad", mutates_args=(),
+                         schema="(Tensor grad, Tensor grad_output) -> Tensor")
+def _ce_scale_grad(grad, grad_output):
+    """grad * grad_output, per row when grad_output has one value per row. An op of its own only
+    so that differentiating through it (double backward) raises instead of silently missing the
+    dependence of grad on the logits."""
+    return grad * _rows(grad_output, grad)
+
+
+@_ce_scale_grad.register_fake
+def _(grad, grad_output):
+    return torch.empty_like(grad)
+
+
+def _rows(grad_output, grad):
+    # A scalar scales everything; a (N,) grad_output scales row i of the (N, C) gradient.
+    return grad_output if grad_output.dim() == 0 else grad_output.unsqueeze(-1)
+
+
+# Autograd formulas for the ops.
+
+
+def _forward_setup(ctx, inputs, output):
+    logits, labels, weight, ignore_index, label_smoothing, reduction = inputs
+    ctx.mark_non_differentiable(output[1])  # lse is a by-product, not a differentiable output
+    ctx.save_for_backward(logits, labels, weight, output[1])
+    ctx.options = (ignore_index, label_smoothing, reduction)
+
+
+def _forward_backward(ctx, grad_loss, _grad_lse):
+    logits, labels, weight, lse = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        grad = torch.ops.fastxent.ce_backward(grad_loss, logits, labels, lse, weight, *ctx.options)
+    return grad, None, None, None, None, None
+
+
+_ce_forward.register_autograd(_forward_backward, setup_context=_forward_setup)
+
+
+def _fused_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+
+
+def _fused_backward(ctx, grad_loss, _grad_grad):
+    if torch.is_grad_enabled():
+        # create_graph=True: the saved gradient carries no history back to the logits, so a
+        # derivative of what we return would silently miss the Hessian term. Refuse now.
+        raise RuntimeError(_DOUBLE_BACKWARD)
+    (grad,) = ctx.saved_tensors
+    scaled = torch.ops.fastxent.ce_scale_grad(grad, grad_loss) if ctx.needs_input_grad[0] else None
+    return scaled, None, None, None, None, None
+
+
+_ce_fused.register_autograd(_fused_backward, setup_context=_fused_setup)
+
+_DOUBLE_BACKWARD = (
+    "fastxent.torch.cross_entropy can be differentiated once: its second derivative (double "
+    "backward: create_graph=True through it, then differentiating the gradient) is not "
+    "implemented. Use torch.nn.functional.cross_entropy for higher-order gradients."
+)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+def _no_setup(ctx, inputs, output):
+    pass
+
+
+_ce_backward.register_autograd(_no_double_backward, setup_context=_no_setup)
+_ce_scale_grad.register_autograd(_no_double_backward, setup_context=_no_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# Eager mode: an autograd.Function calling fastxent directly. Same kernels as the ops above, but
+# about half the per-call overhead of dispatching through custom ops (which matters for small
+# batches), and the only way to do in-place: mark_dirty has no custom-op equivalent.
+
+
+def _is_one(grad_output):
+    # loss.backward() passes exactly 1 (or, for "none" then .sum(), a row of ones): the saved
+    # gradient is then already the answer and needs no pass over it.
+    if grad_output.dim() == 0:
+        return grad_output.item() == 1.0
+    return bool((grad_output == 1).all())
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """mode "lse": keep lse, make the gradient in backward; "grad": keep the fused forward's
+    gradient; "inplace": the fused forward writes the gradient over the logits."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, weight, ignore_index, label_smoothing, reduction, mode):
+        ctx.mode = mode
+        ctx.options = dict(weight=_np(weight), ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction=reduction)
+        x, y = _np(logits), _np(labels)
+        if not ctx.needs_input_grad[0]:          # no_grad, or nothing requires grad
+            loss, _ = fastxent.cross_entropy_forward(x, y, **ctx.options)
+            return _loss_tensor(loss)
+        if mode == "lse":
+            loss, lse = fastxent.cross_entropy_forward(x, y, **ctx.options)
+            ctx.save_for_backward(logits, labels, torch.from_numpy(lse))
+            return _loss_tensor(loss)
+        if mode == "grad":
+            # grad for grad_output=1 (per row for "none"); backward applies the real one.
+            grad = torch.empty(logits.shape, dtype=logits.dtype)
+            loss, _ = fastxent.cross_entropy_with_grad(x, y, out=_out(grad), **ctx.options)
+            ctx.save_for_backward(grad)
+            return _loss_tensor(loss)
+        loss, _ = fastxent.cross_entropy_with_grad(x, y, inplace=True, **ctx.options)
+        # mark_dirty rebases `logits` onto this node and bumps its version counter, so a node
+        # that saved the old values fails loudly at backward. A dirty tensor must be returned.
+        ctx.mark_dirty(logits)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits)
+        return _loss_tensor(loss), logits
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_unused):
+        # *_unused: the overwritten logits returned by "inplace" mode; cross_entropy never hands
+        # them to the caller, so their gradient is None.
+        if torch.is_grad_enabled():
+            # create_graph=True. once_differentiable is not enough: it only poisons the result
+            # when grad_loss requires grad, so grad(loss * 2, x, create_graph=True) would give a
+            # gradient that silently differentiates as a constant.
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        nones = (None,) * 6
+        if grad_loss is None:
+            return (None,) + nones
+        if ctx.mode == "lse":
+            logits, labels, lse = ctx.saved_tensors
+            grad = torch.empty(logits.shape, dtype=logits.dtype)
+            fastxent.cross_entropy_backward(
+                _np(logits), _np(labels), _np(lse), grad_output=_np(grad_loss), out=_out(grad),
+                **ctx.options,
+            )
+        elif ctx.mode == "grad":
+            (grad,) = ctx.saved_tensors
+            if not _is_one(grad_loss):
+                # Out of place: with retain_graph=True a second backward needs it unscaled.
+                grad = grad * _rows(grad_loss, grad)
+        else:
+            (grad,) = ctx.saved_tensors
+            grad = grad.detach()
+            if not _is_one(grad_loss):
+                # Scale where it lies (no allocation). A second backward through this node then
+                # sees a newer version of the saved tensor and autograd raises.
+                grad.mul_(_rows(grad_loss, grad))
+        return (grad,) + nones
+
+
+def _check_inplace(x, use_ops):
+    problem = None
+    if use_ops:
+        problem = "is not supported under torch.compile; use grad_in_forward=True there"
+    elif x.is_leaf:
+        problem = ("would overwrite a leaf tensor that requires grad (its .grad and the "
+                   "optimizer need it)")
+    elif x._base is not None:
+        problem = ("would overwrite a view of another tensor; pass a tensor that owns its "
+                   "storage (e.g. the output of a Linear layer applied to 2-D input)")
+    elif x.dim() not in (1, 2):
+        problem = (f"needs the class axis last and contiguous: input of shape (N, C) or (C,), "
+                   f"got {tuple(x.shape)}")
+    elif x.dtype not in _NATIVE:
+        problem = f"needs float32 or float64 input (no upcast copy), got {x.dtype}"
+    elif not x.is_contiguous():
+        problem = "needs a contiguous input"
+    if problem is not None:
+        raise RuntimeError(f"fastxent.torch.cross_entropy: inplace=True {problem}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The public functions.
+
+
+def _check_args(input, target, weight, reduction):
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if input.dtype not in _NATIVE + _UPCAST:
+        raise TypeError(f"input must be a floating-point tensor (float32/float64, or "
+                        f"float16/bfloat16 computed in float32), got {input.dtype}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target must be an integer tensor of class indices, got {target.dtype} "
+            "(probability targets are not supported by fastxent.torch)"
+        )
+    for name, t in (("input", input), ("target", target), ("weight", weight)):
+        if t is not None and t.device.type != "cpu":
+            raise ValueError(f"{name} is on {t.device}: fastxent's kernels run on CPU tensors only")
+    if input.dim() == 0:
+        raise ValueError("input must have a class dimension: (C,), (N, C) or (N, C, d1, ...); "
+                         "got a 0-d tensor")
+    if input.dim() == 1:
+        classes, want = input.shape[0], ()
+    else:
+        classes, want = input.shape[1], (input.shape[0],) + tuple(input.shape[2:])
+    if tuple(target.shape) != want:
+        raise ValueError(
+            f"target must have shape {want} for input of shape {tuple(input.shape)} "
+            f"(class dimension {'0' if input.dim() == 1 else '1'}), got {tuple(target.shape)}"
+        )
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+        if tuple(weight.shape) != (classes,):
+            raise ValueError(f"weight must have shape ({classes},) (one per class), "
+                             f"got {tuple(weight.shape)}")
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("the gradient with respect to weight is not implemented "
+                               "(as in PyTorch); pass weight.detach()")
+
+
+def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, grad_in_forward=False, inplace=False):
+    """Cross-entropy between logits ``input`` and class-index ``target``, as
+    ``torch.nn.functional.cross_entropy`` computes it, on fastxent's fused CPU kernels.
+
+    input: (C,), (N, C) or (N, C, d1, ..., dk) float tensor (class dimension 1, or 0 unbatched).
+    (N, C, d1, ...) inputs are copied once to move the class axis last (the kernels need it
+    contiguous); float16/bfloat16 are upcast to float32 and the loss cast back.
+    target: () / (N,) / (N, d1, ..., dk) integer tensor of class indices (any integer dtype).
+    weight, ignore_index, reduction, label_smoothing: as in PyTorch (keyword-only after weight).
+    grad_in_forward: compute the gradient in the forward's single pass and keep it for backward.
+    inplace: like grad_in_forward, but the gradient overwrites ``input`` (see the module docs
+    for when that is allowed; misuse raises RuntimeError).
+
+    Returns the loss in the input's dtype: 0-d for "mean"/"sum", target-shaped for "none".
+    """
+    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                          grad_in_forward, inplace, use_ops=torch.compiler.is_compiling())
+
+
+def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                   grad_in_forward, inplace, use_ops):
+    """use_ops: go through the custom ops (what torch.compile sees) instead of the eager
+    autograd.Function; the tests run both."""
+    _check_args(input, target, weight, reduction)
+    if weight is not None:
+        # fastxent reads weights as float64 anyway; NumPy has no bfloat16 to view them as.
+        weight = weight.detach()
+        weight = weight if weight.dtype in _NATIVE else weight.to(torch.float64)
+    options = (int(ignore_index), float(label_smoothing), reduction)
+    needs_grad = torch.is_grad_enabled() and input.requires_grad
+
+    if inplace and needs_grad:
+        _check_inplace(input, use_ops)
+        loss, _ = _CrossEntropy.apply(input, target, weight, *options, "inplace")
+        return loss
+
+    x = input.float() if input.dtype in _UPCAST else input
+    if x.dim() == 1:            # unbatched: one row
+        x, labels = x.unsqueeze(0), target.reshape(1)
+    elif x.dim() == 2:
+        labels = target
+    else:                       # (N, C, d...) -> (N * prod(d), C): a copy, class axis last
+        x, labels = x.movedim(1, -1).reshape(-1, x.shape[1]), target.reshape(-1)
+
+    fused = (grad_in_forward or inplace) and needs_grad
+    if use_ops:
+        op = torch.ops.fastxent.ce_fused if fused else torch.ops.fastxent.ce_forward
+        loss, _ = op(x, labels, weight, *options)
+    else:
+        loss = _CrossEntropy.apply(x, labels, weight, *options, "grad" if fused else "lse")
+    if reduction == "none":
+        loss = loss.reshape(target.shape)
+    return loss.to(input.dtype) if loss.dtype != input.dtype else loss
+
+
+class CrossEntropyLoss(torch.nn.Module):
+    """``torch.nn.CrossEntropyLoss`` (class-index targets) on fastxent's kernels.
+
+    CrossEntropyLoss(weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                     grad_in_forward=False, inplace=False)
+
+    ``weight`` is a buffer (it follows ``.to()``/``.double()`` and is in the state dict), as in
+    PyTorch. See :func:`cross_entropy` for the options and the module docs for ``inplace``.
+    """
+
+    def __init__(self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                 grad_in_forward=False, inplace=False):
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.grad_in_forward = grad_in_forward
+        self.inplace = inplace
+
+    def forward(self, input, target):
+        return cross_entropy(
+            input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, grad_in_forward=self.grad_in_forward,
+            inplace=self.inplace,
+        )
+
+    def extra_repr(self):
+        parts = [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}",
+                 f"label_smoothing={self.label_smoothing}"]
+        if self.grad_in_forward:
+            parts.append("grad_in_forward=True")
+        if self.inplace:
+            parts.append("inplace=True")
+        return ", ".join(parts)
