@@ -56,9 +56,12 @@ class Problem:
 
     def labels64(self) -> np.ndarray:
         """Labels as int64, checked: each a class index or ignore_index."""
+        if self.labels.dtype == np.uint64:
+            too_big = self.labels > np.iinfo(np.int64).max  # no int64 holds them: never valid
+            if too_big.any():
+                row = int(np.flatnonzero(too_big)[0])
+                raise label_error(self, row, int(self.labels[row]))
         labels = self.labels.astype(np.int64, copy=False)
-        if labels.dtype != self.labels.dtype and self.labels.dtype == np.uint64:
-            labels = np.where(self.labels > np.iinfo(np.int64).max, -1, labels)
         bad = ((labels < 0) | (labels >= self.classes)) & (labels != self.ignore_index)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
@@ -133,7 +136,8 @@ def make_problem(logits, labels, weight, ignore_index, label_smoothing, reductio
         ignore_index = operator.index(ignore_index)
     except TypeError:
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
-    source = x
+    # inplace=True can only write to the caller's memory when x views it (not for a list).
+    source = x if isinstance(logits, np.ndarray) or hasattr(logits, "__dlpack__") else None
     if classes > 1 and x.strides[-1] != x.itemsize:
         x = np.ascontiguousarray(x)  # the kernels need a contiguous class axis: copy once
     if x.ndim != 2:

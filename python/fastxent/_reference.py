@@ -23,8 +23,11 @@ name = "numpy"
 def _log_softmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         m = x.max(axis=-1, keepdims=True)
-        lse = m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-        return x - lse, lse[..., 0]
+        # An all -inf row has lse = log(0) = -inf (its log-probabilities stay NaN).
+        m = np.where(m == -np.inf, 0.0, m)
+        log_s = np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+        # (x - m) - log s, not x - (m + log s): m + log s rounds to m for huge logits.
+        return (x - m) - log_s, (m + log_s)[..., 0]
 
 
 def _row_losses(problem: Problem):
@@ -65,7 +68,7 @@ def _row_scale(problem: Problem, grad_scalar, grad_rows, target, keep, w):
     if grad_rows is not None:
         scale = scale * grad_rows
     if problem.reduction == "mean":
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             scale = scale / _denominator(problem, target, keep, w)
     return scale
 
