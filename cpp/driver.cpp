@@ -13,6 +13,8 @@
 namespace fastxent {
 namespace {
 
+#include "simd/half_scalar.h"
+
 // Below this many logits a call runs on the calling thread: waking workers costs more.
 constexpr int64_t kMinParallelLogits = 1 << 15;
 // Split a row's classes across threads when rows are fewer than this many per thread...
@@ -44,25 +46,45 @@ void ce_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int64_t r0,
   }
 }
 
-template <class S>
+// The split-row path touches single elements here: the label's gradient (rounded once from
+// double), ignored rows' zeros, the label's logit. T is the storage type of a.dtype.
+template <class T>
 void store_label_grad(const CeArgs& a, int64_t i, int64_t y, double value) {
-  static_cast<S*>(a.grad)[i * a.grad_stride + y] = S(value);
+  static_cast<T*>(a.grad)[i * a.grad_stride + y] = narrow_from_double<T>(value);
 }
 
-template <class S>
+template <class T>
 void zero_grad_row(const CeArgs& a, int64_t i) {
-  std::memset(static_cast<S*>(a.grad) + i * a.grad_stride, 0, sizeof(S) * size_t(a.classes));
+  std::memset(static_cast<T*>(a.grad) + i * a.grad_stride, 0, sizeof(T) * size_t(a.classes));
 }
 
-template <class S>
+double widen(float v) { return v; }
+double widen(double v) { return v; }
+double widen(Half v) { return half_to_float(v); }
+double widen(BFloat16 v) { return bf16_to_float(v); }
+
+template <class T>
 double logit_at(const CeArgs& a, int64_t i, int64_t j) {
-  return static_cast<const S*>(a.logits)[i * a.logits_stride + j];
+  return widen(static_cast<const T*>(a.logits)[i * a.logits_stride + j]);
+}
+
+template <class F>
+void with_storage_type(DType d, F&& f) {
+  switch (d) {
+    case DType::f32: f(float{}); break;
+    case DType::f64: f(double{}); break;
+    case DType::f16: f(Half{}); break;
+    case DType::bf16: f(BFloat16{}); break;
+  }
 }
 
 // Few, long rows: each row's classes are cut into slices; threads compute per-slice
 // (max, sum) pairs, the pairs are merged here, then threads write the gradient slices.
 void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int threads) {
-  const bool f32 = a.dtype == DType::f32;
+  const bool lse_f64 = a.dtype == DType::f64;  // else lse is float
+  // 16-bit rows: the label's exp is kept apart from the rest's (RowStats::rest, ey), so that
+  // 1 - p_y and -log p_y keep their precision near p_y = 1 (as in the kernels' ce_rows).
+  const bool narrow = a.dtype == DType::f16 || a.dtype == DType::bf16;
   const int64_t C = a.classes, N = a.rows;
   const int64_t slices = threads;
   const int64_t slice_len = ((C + slices - 1) / slices + 63) / 64 * 64;
@@ -73,6 +95,7 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
   std::vector<RowStats> parts(size_t(N * slices));
   const size_t rows = static_cast<size_t>(N);
   std::vector<double> shift(rows), alpha(rows), beta(rows), label_grad(rows);
+  std::vector<double> rest(narrow ? rows : 0), ey(narrow ? rows : 0), label_coefs(narrow ? rows : 0);
   if (mode != CeMode::backward) {
     parallel_run(N * slices, [&](int64_t task) {
       const int64_t i = task / slices, k = task % slices;
@@ -85,15 +108,16 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
     if (y == a.ignore_index) {
       if (mode != CeMode::backward) {
         a.row_loss[i] = 0.0;
-        if (f32) static_cast<float*>(a.lse)[i] = 0.f; else static_cast<double*>(a.lse)[i] = 0.0;
+        if (lse_f64) static_cast<double*>(a.lse)[i] = 0.0; else static_cast<float*>(a.lse)[i] = 0.f;
       }
       continue;
     }
     const double wy = w ? w[y] : 1.0;
-    const double zy = f32 ? logit_at<float>(a, i, y) : logit_at<double>(a, i, y);
+    double zy = 0;
+    with_storage_type(a.dtype, [&](auto tag) { zy = logit_at<decltype(tag)>(a, i, y); });
     double lse, inv_s = 1.0;
     if (mode == CeMode::backward) {
-      lse = shift[size_t(i)] = f32 ? double(static_cast<float*>(a.lse)[i]) : static_cast<double*>(a.lse)[i];
+      lse = shift[size_t(i)] = lse_f64 ? static_cast<double*>(a.lse)[i] : double(static_cast<float*>(a.lse)[i]);
     } else {
       double m = -INFINITY;
       bool nan = false;
@@ -102,21 +126,32 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
         if (p.m > m) m = p.m;
         nan = nan || p.nan;
       }
-      double s = 0, t = 0;
+      double s = 0, t = 0, row_rest = 0, row_ey = 0;
       for (int64_t k = 0; k < slices; ++k) {
         const RowStats& p = parts[size_t(i * slices + k)];
         if (slice_begin(k) == slice_begin(k + 1)) continue;
-        if (p.m != -INFINITY) s += p.s * std::exp(p.m - m);
+        if (p.m != -INFINITY) {
+          const double rescale = std::exp(p.m - m);
+          s += p.s * rescale;
+          row_rest += p.rest * rescale;
+          row_ey += p.ey * rescale;
+        }
         if (smoothing) t += (p.m == -INFINITY) ? (p.wsum > 0 ? -INFINITY : 0.0) : p.t - p.wsum * (m - p.m);
       }
-      if (nan) s = NAN;
+      if (nan) s = row_rest = NAN;
       lse = m + std::log(s);
       shift[size_t(i)] = m;
       inv_s = 1.0 / s;
-      double loss = (1.0 - a.smoothing) * wy * (lse - zy);
+      double nll = lse - zy;
+      if (narrow) {
+        rest[size_t(i)] = row_rest;
+        ey[size_t(i)] = row_ey;
+        if (row_ey > 0) nll = std::log1p(row_rest / row_ey);  // exact where lse - zy cancels
+      }
+      double loss = (1.0 - a.smoothing) * wy * nll;
       if (smoothing) loss += a.smoothing / double(C) * (a.weight_total * (lse - m) - t);
       a.row_loss[i] = loss;
-      if (f32) static_cast<float*>(a.lse)[i] = float(lse); else static_cast<double*>(a.lse)[i] = lse;
+      if (lse_f64) static_cast<double*>(a.lse)[i] = lse; else static_cast<float*>(a.lse)[i] = float(lse);
     }
     if (mode == CeMode::forward) continue;
     const double g = a.grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0);
@@ -126,23 +161,45 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
     alpha[size_t(i)] = p_coef * inv_s;
     beta[size_t(i)] = smooth_coef;
     label_grad[size_t(i)] = std::exp(zy - lse) * p_coef - smooth_coef * wy - label_coef;
+    if (narrow) {
+      label_coefs[size_t(i)] = label_coef;
+      if (mode == CeMode::backward) ey[size_t(i)] = std::exp(zy - lse);  // rest: from the slices
+    }
   }
   if (mode == CeMode::forward) return;
+  std::vector<double> slice_rest(narrow && mode == CeMode::backward ? size_t(N * slices) : 0);
   parallel_run(N * slices, [&](int64_t task) {
     const int64_t i = task / slices, k = task % slices;
     if (a.labels[i] == a.ignore_index) return;
-    table.slice_grad(a, i, slice_begin(k), slice_begin(k + 1), shift[size_t(i)], alpha[size_t(i)],
-                     beta[size_t(i)]);
+    const double r = table.slice_grad(a, i, slice_begin(k), slice_begin(k + 1), shift[size_t(i)],
+                                      alpha[size_t(i)], beta[size_t(i)]);
+    if (!slice_rest.empty()) slice_rest[size_t(task)] = r;
   });
+  if (narrow) {
+    // p_y - 1 = -rest / s in double (the kernels' label_grad_from_rest): in backward, rest is
+    // the other classes' exp(z - lse) summed by the slices, and s renormalises p.
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t y = a.labels[i];
+      if (y == a.ignore_index) continue;
+      const size_t r = size_t(i);
+      if (mode == CeMode::backward) {
+        rest[r] = 0;
+        for (int64_t k = 0; k < slices; ++k) rest[r] += slice_rest[size_t(i * slices + k)];
+      }
+      const double wy = w ? w[y] : 1.0, s = rest[r] + ey[r];
+      label_grad[r] = -label_coefs[r] * (rest[r] / s) + beta[r] * (a.weight_total * (ey[r] / s) - wy);
+    }
+  }
   for (int64_t i = 0; i < N; ++i) {
     const int64_t y = a.labels[i];
-    if (y == a.ignore_index) {
-      if (f32) zero_grad_row<float>(a, i); else zero_grad_row<double>(a, i);
-    } else if (f32) {
-      store_label_grad<float>(a, i, y, label_grad[size_t(i)]);
-    } else {
-      store_label_grad<double>(a, i, y, label_grad[size_t(i)]);
-    }
+    with_storage_type(a.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      if (y == a.ignore_index) {
+        zero_grad_row<T>(a, i);
+      } else {
+        store_label_grad<T>(a, i, y, label_grad[size_t(i)]);
+      }
+    });
   }
 }
 

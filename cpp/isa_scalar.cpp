@@ -17,8 +17,10 @@ using VecD = Vec1<double>;
 
 }  // namespace isa_scalar
 
+#if !defined(FASTXENT_KERNELS_HALF)  // the table is in the main file only
 const KernelTable kTableScalar = {"scalar",           isa_scalar::forward_rows, isa_scalar::fused_rows,
                               isa_scalar::backward_rows, isa_scalar::slice_stats,
                               isa_scalar::slice_grad,    isa_scalar::rowop_rows};
+#endif
 
 }  // namespace fastxent

@@ -3,6 +3,11 @@
 // defines FASTXENT_TABLE_NAME / FASTXENT_ISA_NAME. Only builtins and this namespace's own
 // inline functions are used here, so no inline symbol compiled with wide-vector flags can be
 // picked by the linker for a narrower ISA.
+//
+// Rows are stored as T (float, double, or the 16-bit Half / BFloat16) and computed in S =
+// compute_t<T> (double for double, float otherwise): vector loads widen T to S, stores round S
+// to T. For T = S the loads and stores are plain, so float and double rows run the same code
+// as without 16-bit support. lse and weights are in S.
 #include <type_traits>
 
 template <class S>
@@ -15,6 +20,27 @@ template <>
 struct VecFor<double> {
   using type = VecD;
 };
+
+template <class T>
+struct ComputeOf {
+  using type = float;  // float, Half, BFloat16
+};
+template <>
+struct ComputeOf<double> {
+  using type = double;
+};
+// (A dependent alias: in parameter lists it is not deduced, T is given or deduced from x.)
+template <class T>
+using compute_t = typename ComputeOf<T>::type;
+// 16-bit storage: never holds an intermediate value (that would round twice).
+template <class T>
+constexpr bool kNarrow = !std::is_same_v<T, compute_t<T>>;
+
+// One element of a row, widened to the compute type.
+template <class T>
+inline compute_t<T> load1(const T* p) {
+  return Vec1<compute_t<T>>::load(p).v;
+}
 
 constexpr double kInf = __builtin_inf();
 // A row whose logits and gradient fit in L2 together is processed with the exp values kept
@@ -60,8 +86,9 @@ inline void for_each_vector(int64_t n, F&& f) {
   for (; j < n; ++j) f(Vec1<S>{}, j, 0);
 }
 
-template <class S>
-inline S max_of(const S* x, int64_t n) {
+template <class T>
+inline compute_t<T> max_of(const T* x, int64_t n) {
+  using S = compute_t<T>;
   using V = typename VecFor<S>::type;
   V lanes[4] = {V::set1(-kInf), V::set1(-kInf), V::set1(-kInf), V::set1(-kInf)};
   S tail = -kInf;
@@ -70,17 +97,18 @@ inline S max_of(const S* x, int64_t n) {
     if constexpr (std::is_same_v<VV, V>) {
       lanes[k] = vmax(lanes[k], V::load(x + j));
     } else {
-      tail = x[j] > tail ? x[j] : tail;
+      const S xj = load1(x + j);
+      tail = xj > tail ? xj : tail;
     }
   });
   S m = vmax(vmax(lanes[0], lanes[1]), vmax(lanes[2], lanes[3])).hmax();
   return tail > m ? tail : m;
 }
 
-template <class S>
-inline bool has_nan(const S* x, int64_t n) {
+template <class T>
+inline bool has_nan(const T* x, int64_t n) {
   for (int64_t j = 0; j < n; ++j)
-    if (x[j] != x[j]) return true;
+    if (load1(x + j) != load1(x + j)) return true;
   return false;
 }
 
@@ -91,9 +119,9 @@ inline double sum_of(const S* x, int64_t n) {
   return total;
 }
 
-template <class S>
-inline void fill_zero(S* out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = S(0);
+template <class T>
+inline void fill_zero(T* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = T{};  // all bits zero: +0 in every type
 }
 
 struct BlockSums {
@@ -101,9 +129,11 @@ struct BlockSums {
 };
 
 // One block: s = sum exp(x - m); with kSmooth also t = sum w (x - m) and wsum = sum w.
-// With kStore the exp values are written to out (which may be x itself).
-template <class S, bool kStore, bool kSmooth, bool kWeighted>
-inline BlockSums exp_block(const S* x, S* out, int64_t n, S m, const S* w) {
+// With kStore the exp values are written to out (in S; it may be x itself when T = S).
+template <class T, bool kStore, bool kSmooth, bool kWeighted>
+inline BlockSums exp_block(const T* x, compute_t<T>* out, int64_t n, compute_t<T> m,
+                           const compute_t<T>* w) {
+  using S = compute_t<T>;
   using V = typename VecFor<S>::type;
   Accum<S> acc_s, acc_t, acc_w;
   const V vm = V::set1(m);
@@ -138,9 +168,11 @@ inline BlockSums exp_block(const S* x, S* out, int64_t n, S m, const S* w) {
   return r;
 }
 
-// out_j = in_j * alpha - beta * w_j (beta * 1 when unweighted); in may be out.
-template <class S, bool kSmooth, bool kWeighted>
-inline void scale_row(const S* in, S* out, int64_t n, S alpha, S beta, const S* w) {
+// out_j = in_j * alpha - beta * w_j (beta * 1 when unweighted), rounded to T; in may be out.
+template <class T, bool kSmooth, bool kWeighted>
+inline void scale_row(const compute_t<T>* in, T* out, int64_t n, compute_t<T> alpha,
+                      compute_t<T> beta, const compute_t<T>* w) {
+  using S = compute_t<T>;
   for_each_vector<S>(n, [&](auto v, int64_t j, int) {
     using VV = decltype(v);
     VV r = VV::load(in + j) * VV::set1(alpha);
@@ -156,17 +188,27 @@ inline void scale_row(const S* in, S* out, int64_t n, S alpha, S beta, const S* 
 // block and the running sums are rescaled when it grows. A block of -inf before any finite
 // value is skipped, so -inf - -inf never happens. With kStore the exp values go to out,
 // each block relative to the running max at that block, recorded in block_shift[block].
-template <class S, bool kStore, bool kSmooth, bool kWeighted>
-inline RowStats online_stats(const S* x, int64_t n, const S* w, S* out = nullptr,
-                             double* block_shift = nullptr) {
+// 16-bit rows with a label (skip >= 0, its index in x) keep its exp apart: st.rest + st.ey.
+template <class T, bool kStore, bool kSmooth, bool kWeighted>
+inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
+                             compute_t<T>* out = nullptr, double* block_shift = nullptr,
+                             int64_t skip = -1) {
+  using S = compute_t<T>;
   RowStats st{-kInf, 0.0, 0.0, 0.0, false};
   for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
     const int64_t len = min64(kBlock, n - c0);
-    const S* xb = x + c0;
+    const T* xb = x + c0;
     const S* wb = kWeighted ? w + c0 : nullptr;
     const double bm = max_of(xb, len);
     if (bm > st.m) {
-      if (st.s != 0) st.s *= __builtin_exp(st.m - bm);
+      if (st.s != 0) {
+        const double rescale = __builtin_exp(st.m - bm);
+        st.s *= rescale;
+        if constexpr (kNarrow<T>) {
+          st.rest *= rescale;
+          st.ey *= rescale;
+        }
+      }
       if (kSmooth && st.wsum > 0) st.t -= st.wsum * (bm - st.m);
       st.m = bm;
     }
@@ -177,39 +219,103 @@ inline RowStats online_stats(const S* x, int64_t n, const S* w, S* out = nullptr
       if constexpr (kStore) fill_zero(out + c0, len);
       continue;
     }
-    BlockSums b = exp_block<S, kStore, kSmooth, kWeighted>(xb, kStore ? out + c0 : nullptr, len,
+    if constexpr (kNarrow<T>) {
+      if (skip >= c0 && skip < c0 + len) {
+        // The label's block: the classes before and after it, and the label itself in double.
+        const int64_t ky = skip - c0;
+        BlockSums b = exp_block<T, kStore, kSmooth, kWeighted>(xb, kStore ? out + c0 : nullptr,
+                                                               ky, S(st.m), wb);
+        const BlockSums after = exp_block<T, kStore, kSmooth, kWeighted>(
+            xb + ky + 1, kStore ? out + skip + 1 : nullptr, len - ky - 1, S(st.m),
+            kWeighted ? wb + ky + 1 : nullptr);
+        const double dy = double(load1(x + skip)) - st.m;
+        const double ey = __builtin_exp(dy);
+        if constexpr (kStore) out[skip] = S(ey);
+        st.rest += b.s + after.s;
+        st.ey = ey;
+        st.s += (b.s + after.s) + ey;
+        if constexpr (kSmooth) {
+          const double wy = kWeighted ? double(wb[ky]) : 1.0;
+          st.t += b.t + after.t + wy * dy;
+          st.wsum += kWeighted ? b.wsum + after.wsum + wy : double(len);
+        }
+        continue;
+      }
+    }
+    BlockSums b = exp_block<T, kStore, kSmooth, kWeighted>(xb, kStore ? out + c0 : nullptr, len,
                                                            S(st.m), wb);
     st.s += b.s;
+    if constexpr (kNarrow<T>) st.rest += b.s;
     st.t += b.t;
     st.wsum += b.wsum;
   }
-  if (st.nan) st.s = __builtin_nan("");
+  if (st.nan) {
+    st.s = __builtin_nan("");
+    st.rest = st.s;
+  }
   return st;
 }
 
 // Rows of at most this many blocks keep their exp values in cache between the two passes.
 constexpr int64_t kMaxCachedBlocks = 64;
 
-template <class S>
+// The logits, the output and (16-bit rows) the float row of exp values must fit together.
+template <class T>
 inline bool row_fits_cache(int64_t n) {
-  return 2 * n * int64_t(sizeof(S)) <= kCachedRowBytes && n <= kMaxCachedBlocks * kBlock;
+  const int64_t bytes_per_class = 2 * int64_t(sizeof(T)) + (kNarrow<T> ? int64_t(sizeof(float)) : 0);
+  return n * bytes_per_class <= kCachedRowBytes && n <= kMaxCachedBlocks * kBlock;
 }
 
-// Second pass over exp values stored by online_stats<kStore>: out_j = e_j * alpha *
-// exp(shift_block - m) - beta * w_j, which is p_j * coef - beta * w_j.
-template <class S, bool kSmooth, bool kWeighted>
-inline void scale_blocks(S* out, int64_t n, const double* block_shift, double m, double alpha,
-                         S beta, const S* w) {
+// Where a cached row keeps its exp values: in the output row itself when T = S, else in a float
+// row allocated once per call (rounding exp values to 16 bits before scaling would round twice).
+template <class T>
+struct ExpRow {
+  using S = compute_t<T>;
+  S* scratch = nullptr;
+  explicit ExpRow(int64_t n) {
+    using size = decltype(sizeof(S));  // size_t, without a system header in this namespace
+    if (kNarrow<T> && n > 0) scratch = static_cast<S*>(__builtin_malloc(sizeof(S) * size(n)));
+  }
+  ~ExpRow() { __builtin_free(scratch); }
+  ExpRow(const ExpRow&) = delete;
+  ExpRow& operator=(const ExpRow&) = delete;
+  bool ok() const { return !kNarrow<T> || scratch != nullptr; }
+  S* row(T* out) const {
+    if constexpr (kNarrow<T>) {
+      return scratch;
+    } else {
+      return out;
+    }
+  }
+};
+
+// Second pass over exp values e stored by online_stats<kStore>: out_j = e_j * alpha *
+// exp(shift_block - m) - beta * w_j, which is p_j * coef - beta * w_j. e may be out.
+template <class T, bool kSmooth, bool kWeighted>
+inline void scale_blocks(const compute_t<T>* e, T* out, int64_t n, const double* block_shift,
+                         double m, double alpha, compute_t<T> beta, const compute_t<T>* w) {
+  using S = compute_t<T>;
   for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
     const S factor = S(alpha * __builtin_exp(block_shift[k] - m));
-    scale_row<S, kSmooth, kWeighted>(out + c0, out + c0, min64(kBlock, n - c0), factor, beta,
+    scale_row<T, kSmooth, kWeighted>(e + c0, out + c0, min64(kBlock, n - c0), factor, beta,
                                      kWeighted ? w + c0 : nullptr);
   }
 }
 
+template <class T, bool kSmooth, bool kWeighted>
+inline double write_grad_sum(const T* x, T* out, int64_t n, compute_t<T> shift, compute_t<T> alpha,
+                             compute_t<T> beta, const compute_t<T>* w);
+
 // out_j = exp(x_j - shift) * alpha - beta * w_j; out may be x.
-template <class S, bool kSmooth, bool kWeighted>
-inline void write_grad(const S* x, S* out, int64_t n, S shift, S alpha, S beta, const S* w) {
+template <class T, bool kSmooth, bool kWeighted>
+inline void write_grad(const T* x, T* out, int64_t n, compute_t<T> shift, compute_t<T> alpha,
+                       compute_t<T> beta, const compute_t<T>* w) {
+  using S = compute_t<T>;
+  if constexpr (kNarrow<T>) {
+    // Through a float block buffer (see write_grad_sum); the sum is not needed.
+    write_grad_sum<T, kSmooth, kWeighted>(x, out, n, shift, alpha, beta, w);
+    return;
+  }
   for_each_vector<S>(n, [&](auto v, int64_t j, int) {
     using VV = decltype(v);
     VV r = vexp(VV::load(x + j) - VV::set1(shift)) * VV::set1(alpha);
@@ -219,6 +325,65 @@ inline void write_grad(const S* x, S* out, int64_t n, S shift, S alpha, S beta, 
     }
     r.store(out + j);
   });
+}
+
+// write_grad that also returns sum_j exp(x_j - shift) (per block in S, added in double). Only
+// for 16-bit rows (backward, split rows). Per block, exp goes to a float buffer in L1 first and
+// is scaled and rounded to T in a second loop: one loop doing both is so long (exp, then the
+// 16-bit rounding) that too few iterations fit in the out-of-order window to hide its latency.
+// Local accumulators rather than a capturing lambda: a 16-bit store may alias anything, so
+// captured accumulators would go through memory on every step.
+template <class T, bool kSmooth, bool kWeighted>
+inline double write_grad_sum(const T* x, T* out, int64_t n, compute_t<T> shift, compute_t<T> alpha,
+                             compute_t<T> beta, const compute_t<T>* w) {
+  using S = compute_t<T>;
+  using V = typename VecFor<S>::type;
+  constexpr int64_t W = V::width;
+  alignas(64) S e[kBlock];
+  const V vshift = V::set1(shift);
+  double total = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
+    const int64_t len = min64(kBlock, n - c0);
+    const T* xb = x + c0;
+    V acc0 = V::set1(0), acc1 = V::set1(0);
+    int64_t j = 0;
+    for (; j + 2 * W <= len; j += 2 * W) {
+      const V e0 = vexp(V::load(xb + j) - vshift), e1 = vexp(V::load(xb + j + W) - vshift);
+      e0.store(e + j);
+      e1.store(e + j + W);
+      acc0 = acc0 + e0;
+      acc1 = acc1 + e1;
+    }
+    for (; j + W <= len; j += W) {
+      const V e0 = vexp(V::load(xb + j) - vshift);
+      e0.store(e + j);
+      acc0 = acc0 + e0;
+    }
+    S tail = 0;
+    for (; j < len; ++j) {
+      const Vec1<S> e0 = vexp(Vec1<S>::load(xb + j) - Vec1<S>::set1(shift));
+      e0.store(e + j);
+      tail += e0.v;
+    }
+    total += double((acc0 + acc1).hsum() + tail);
+    scale_row<T, kSmooth, kWeighted>(e, out + c0, len, alpha, beta, kWeighted ? w + c0 : w);
+  }
+  return total;
+}
+
+// The label's gradient of a 16-bit row from ey = exp(z_y - shift) and rest = the sum of the
+// other classes' exp(z_j - shift), in double: (1 - eps) w_y g (p_y - 1) with p_y - 1 = -rest / s
+// (no cancellation near p_y = 1), plus the smoothing term eps/C g (W p_y - w_y). Dividing by
+// s = rest + ey also renormalises p when shift is a float-rounded lse (backward).
+inline double label_grad_from_rest(double rest, double ey, double label_coef, double smooth_coef,
+                                   double weight_total, double wy) {
+  const double s = rest + ey;
+  return -label_coef * (rest / s) + smooth_coef * (weight_total * (ey / s) - wy);
+}
+
+// -log p_y = lse - z_y = log1p(rest / ey): exact for confident rows, where lse - z_y cancels.
+inline double nll_from_rest(double rest, double ey, double lse_minus_zy) {
+  return ey > 0 ? __builtin_log1p(rest / ey) : lse_minus_zy;
 }
 
 template <class S>
@@ -242,18 +407,21 @@ inline GradCoefs grad_coefs(const CeArgs& a, int64_t i, double wy) {
   return {label_coef + smooth_coef * a.weight_total, smooth_coef, label_coef};
 }
 
-template <class S, bool kSmooth, bool kWeighted>
+template <class T, bool kSmooth, bool kWeighted>
 void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  using S = compute_t<T>;
   const int64_t C = a.classes;
-  const S* logits = static_cast<const S*>(a.logits);
-  S* grad = static_cast<S*>(a.grad);
+  const T* logits = static_cast<const T*>(a.logits);
+  T* grad = static_cast<T*>(a.grad);
   S* lse_out = static_cast<S*>(a.lse);
   const S* w = weight_of<S>(a);
-  const bool cached = mode == CeMode::fused && row_fits_cache<S>(C);
+  const bool want_cache = mode == CeMode::fused && row_fits_cache<T>(C);
+  const ExpRow<T> exp_row(want_cache ? C : 0);
+  const bool cached = want_cache && exp_row.ok();
   double block_shift[kMaxCachedBlocks];
   for (int64_t i = r0; i < r1; ++i) {
-    const S* x = logits + i * a.logits_stride;
-    S* g = grad ? grad + i * a.grad_stride : nullptr;
+    const T* x = logits + i * a.logits_stride;
+    T* g = grad ? grad + i * a.grad_stride : nullptr;
     const int64_t y = a.labels[i];
     if (y == a.ignore_index) {
       if (mode != CeMode::backward) {
@@ -264,17 +432,23 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       continue;
     }
     const double wy = w ? double(w[y]) : 1.0;
-    const double zy = x[y];  // read before an in-place gradient overwrites it
+    const double zy = load1(x + y);  // read before an in-place gradient overwrites it
     double lse, shift, inv_s = 1.0;
+    RowStats st{};
     if (mode == CeMode::backward) {
       lse = shift = double(lse_out[i]);
     } else {
-      RowStats st = cached ? online_stats<S, true, kSmooth, kWeighted>(x, C, w, g, block_shift)
-                           : online_stats<S, false, kSmooth, kWeighted>(x, C, w);
+      // 16-bit rows keep the label's exp apart (skip = y): see label_grad_from_rest.
+      st = cached ? online_stats<T, true, kSmooth, kWeighted>(x, C, w, exp_row.row(g), block_shift,
+                                                              kNarrow<T> ? y : -1)
+                  : online_stats<T, false, kSmooth, kWeighted>(x, C, w, nullptr, nullptr,
+                                                               kNarrow<T> ? y : -1);
       lse = st.m + __builtin_log(st.s);
       shift = st.m;
       inv_s = 1.0 / st.s;
-      double loss = (1.0 - a.smoothing) * wy * (lse - zy);
+      double nll = lse - zy;
+      if constexpr (kNarrow<T>) nll = nll_from_rest(st.rest, st.ey, nll);
+      double loss = (1.0 - a.smoothing) * wy * nll;
       if constexpr (kSmooth) {
         loss += a.smoothing / double(C) * (a.weight_total * (lse - st.m) - st.t);
       }
@@ -283,41 +457,76 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       if (mode == CeMode::forward) continue;
     }
     const GradCoefs c = grad_coefs(a, i, wy);
+    if constexpr (kNarrow<T>) {
+      if (mode == CeMode::backward) {
+        // The other classes' exp(z - lse) summed on the way (the label's entry is skipped).
+        const S sh = S(shift), alpha = S(c.p_coef), beta = S(c.smooth_coef);
+        st.rest = write_grad_sum<T, kSmooth, kWeighted>(x, g, y, sh, alpha, beta, w) +
+                  write_grad_sum<T, kSmooth, kWeighted>(x + y + 1, g + y + 1, C - y - 1, sh,
+                                                        alpha, beta, kWeighted ? w + y + 1 : w);
+        st.ey = __builtin_exp(zy - lse);
+      }
+    }
     if (cached) {
-      scale_blocks<S, kSmooth, kWeighted>(g, C, block_shift, shift, c.p_coef * inv_s,
-                                          S(c.smooth_coef), w);
-    } else {
-      write_grad<S, kSmooth, kWeighted>(x, g, C, S(shift), S(c.p_coef * inv_s), S(c.smooth_coef),
+      scale_blocks<T, kSmooth, kWeighted>(exp_row.row(g), g, C, block_shift, shift,
+                                          c.p_coef * inv_s, S(c.smooth_coef), w);
+    } else if (!kNarrow<T> || mode != CeMode::backward) {
+      write_grad<T, kSmooth, kWeighted>(x, g, C, S(shift), S(c.p_coef * inv_s), S(c.smooth_coef),
                                         w);
     }
-    // The label's entry p_y * coef - label_coef cancels when p_y is near 1: recompute it in
-    // double from the saved logit rather than from the rounded stored value.
-    g[y] = S(__builtin_exp(zy - lse) * c.p_coef - c.smooth_coef * wy - c.label_coef);
+    if constexpr (kNarrow<T>) {
+      g[y] = narrow_from_double<T>(label_grad_from_rest(st.rest, st.ey, c.label_coef,
+                                                        c.smooth_coef, a.weight_total, wy));
+    } else {
+      // The label's entry p_y * coef - label_coef cancels when p_y is near 1: recompute it in
+      // double from the saved logit rather than from the rounded stored value.
+      g[y] = S(__builtin_exp(zy - lse) * c.p_coef - c.smooth_coef * wy - c.label_coef);
+    }
   }
 }
 
 // Rows with few classes: one row per vector lane, W rows at a time, so that the per-row work
 // (max, log, coefficients) is vectorised too instead of paying for horizontal reductions and
-// tails on every short row. Rows are transposed through a small tile.
+// tails on every short row. Rows are transposed through a small tile in the compute type
+// (16-bit rows are widened on the way in and rounded once on the way out).
 constexpr int64_t kSmallClasses = 16;
 
-template <class S, bool kSmooth, bool kWeighted>
+template <class T, bool kSmooth, bool kWeighted>
 void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  using S = compute_t<T>;
   using V = typename VecFor<S>::type;
   constexpr int W = V::width;
   const int64_t C = a.classes;
-  const S* logits = static_cast<const S*>(a.logits);
-  S* grad = static_cast<S*>(a.grad);
+  const T* logits = static_cast<const T*>(a.logits);
+  T* grad = static_cast<T*>(a.grad);
   S* lse_io = static_cast<S*>(a.lse);
   const S* w = weight_of<S>(a);
   alignas(64) S tile[kSmallClasses][W];
   alignas(64) S m_l[W], s_l[W], t_l[W], lse_l[W], alpha_l[W], beta_l[W];
   double label_grad[W];
+  // 16-bit rows: the W rows converted a vector at a time through block_buf (as one block when
+  // the rows are contiguous); per lane the label's exp (ey_l) and the others' (rest_l) kept
+  // apart, and -log p_y = log1p(rest / ey) (nll_l).
+  alignas(64) S block_buf[kSmallClasses * W], rest_l[W], ey_l[W], nll_l[W];
+  auto convert = [](const auto* from, auto* to, int64_t n) {
+    for_each_vector<S>(n, [&](auto v, int64_t j, int) { decltype(v)::load(from + j).store(to + j); });
+  };
   int64_t i = r0;
   for (; i + W <= r1; i += W) {
-    for (int l = 0; l < W; ++l) {
-      const S* x = logits + (i + l) * a.logits_stride;
-      for (int64_t j = 0; j < C; ++j) tile[j][l] = x[j];
+    if constexpr (kNarrow<T>) {
+      const T* x = logits + i * a.logits_stride;
+      if (a.logits_stride == C) {
+        convert(x, block_buf, W * C);
+      } else {
+        for (int l = 0; l < W; ++l) convert(x + l * a.logits_stride, block_buf + l * C, C);
+      }
+      for (int l = 0; l < W; ++l)
+        for (int64_t j = 0; j < C; ++j) tile[j][l] = block_buf[l * C + j];
+    } else {
+      for (int l = 0; l < W; ++l) {
+        const T* x = logits + (i + l) * a.logits_stride;
+        for (int64_t j = 0; j < C; ++j) tile[j][l] = x[j];
+      }
     }
     if (mode == CeMode::backward) {
       const V lse = V::load(lse_io + i);
@@ -338,6 +547,26 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       s.store(s_l);
       t.store(t_l);
     }
+    if constexpr (kNarrow<T>) {
+      // The label's entry of each lane set aside (0 in the tile) while the columns are summed.
+      int64_t col[W];
+      for (int l = 0; l < W; ++l) {
+        const int64_t y = a.labels[i + l];
+        col[l] = y == a.ignore_index ? 0 : y;
+        ey_l[l] = tile[col[l]][l];
+        tile[col[l]][l] = S(0);
+      }
+      V rest = V::set1(0);
+      for (int64_t j = 0; j < C; ++j) rest = rest + V::load(tile[j]);
+      rest.store(rest_l);
+      for (int l = 0; l < W; ++l) tile[col[l]][l] = ey_l[l];
+      if (mode != CeMode::backward) {
+        // log1p(u) = log(w) - ((w - 1) - u) / w with w = 1 + u rounded: exact to float
+        // rounding where log(1 + u) alone would lose u (nll_l is unused where ey = 0).
+        const V one = V::set1(S(1)), u = rest / V::load(ey_l), wu = one + u;
+        (vlog(wu) - ((wu - one) - u) / wu).store(nll_l);
+      }
+    }
     for (int l = 0; l < W; ++l) {
       const int64_t row = i + l, y = a.labels[row];
       alpha_l[l] = beta_l[l] = S(0);
@@ -351,7 +580,9 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       const double wy = w ? double(w[y]) : 1.0;
       if (mode != CeMode::backward) {
         const double lse = lse_l[l];
-        double loss = (1.0 - a.smoothing) * wy * (lse - double(logits[row * a.logits_stride + y]));
+        double nll = lse - double(load1(logits + row * a.logits_stride + y));
+        if constexpr (kNarrow<T>) nll = ey_l[l] > 0 ? double(nll_l[l]) : nll;
+        double loss = (1.0 - a.smoothing) * wy * nll;
         if constexpr (kSmooth) loss += a.smoothing / double(C) * (a.weight_total * (lse - m_l[l]) - t_l[l]);
         a.row_loss[row] = loss;
         lse_io[row] = S(lse);
@@ -362,7 +593,12 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       const double alpha = mode == CeMode::backward ? c.p_coef : c.p_coef / double(s_l[l]);
       alpha_l[l] = S(alpha);
       beta_l[l] = S(c.smooth_coef);
-      label_grad[l] = double(tile[y][l]) * alpha - c.smooth_coef * wy - c.label_coef;
+      if constexpr (kNarrow<T>) {
+        label_grad[l] = label_grad_from_rest(rest_l[l], ey_l[l], c.label_coef, c.smooth_coef,
+                                             a.weight_total, wy);
+      } else {
+        label_grad[l] = double(tile[y][l]) * alpha - c.smooth_coef * wy - c.label_coef;
+      }
     }
     if (mode == CeMode::forward) continue;
     const V alpha = V::load(alpha_l), beta = V::load(beta_l);
@@ -371,114 +607,136 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       if constexpr (kSmooth) g = g - (kWeighted ? beta * V::set1(w[j]) : beta);
       g.store(tile[j]);
     }
-    for (int l = 0; l < W; ++l) {
-      const int64_t row = i + l, y = a.labels[row];
-      S* g = grad + row * a.grad_stride;
-      if (y == a.ignore_index) {
-        fill_zero(g, C);
-        continue;
+    if constexpr (kNarrow<T>) {
+      for (int l = 0; l < W; ++l) {
+        const bool ignored = a.labels[i + l] == a.ignore_index;
+        for (int64_t j = 0; j < C; ++j) block_buf[l * C + j] = ignored ? S(0) : tile[j][l];
       }
-      for (int64_t j = 0; j < C; ++j) g[j] = tile[j][l];
-      g[y] = S(label_grad[l]);
+      T* g = grad + i * a.grad_stride;
+      if (a.grad_stride == C) {
+        convert(block_buf, g, W * C);
+      } else {
+        for (int l = 0; l < W; ++l) convert(block_buf + l * C, g + l * a.grad_stride, C);
+      }
+      for (int l = 0; l < W; ++l) {
+        const int64_t y = a.labels[i + l];
+        if (y != a.ignore_index) g[l * a.grad_stride + y] = narrow_from_double<T>(label_grad[l]);
+      }
+    } else {
+      for (int l = 0; l < W; ++l) {
+        const int64_t row = i + l, y = a.labels[row];
+        T* g = grad + row * a.grad_stride;
+        if (y == a.ignore_index) {
+          fill_zero(g, C);
+          continue;
+        }
+        for (int64_t j = 0; j < C; ++j) g[j] = tile[j][l];
+        g[y] = S(label_grad[l]);
+      }
     }
   }
-  if (i < r1) ce_rows<S, kSmooth, kWeighted>(a, i, r1, mode);
+  if (i < r1) ce_rows<T, kSmooth, kWeighted>(a, i, r1, mode);
 }
 
-template <class S, bool kSmooth, bool kWeighted>
+template <class T, bool kSmooth, bool kWeighted>
 void ce_rows_any(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
-  if (VecFor<S>::type::width > 1 && a.classes <= kSmallClasses) {
-    ce_small_rows<S, kSmooth, kWeighted>(a, r0, r1, mode);
+  if (VecFor<compute_t<T>>::type::width > 1 && a.classes <= kSmallClasses) {
+    ce_small_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
   } else {
-    ce_rows<S, kSmooth, kWeighted>(a, r0, r1, mode);
+    ce_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
   }
 }
 
-template <class S>
+template <class T>
 void ce_rows_dispatch(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
-  const bool weighted = weight_of<S>(a) != nullptr;
+  const bool weighted = weight_of<compute_t<T>>(a) != nullptr;
   if (a.smoothing == 0.0) {
-    ce_rows_any<S, false, false>(a, r0, r1, mode);
+    ce_rows_any<T, false, false>(a, r0, r1, mode);
   } else if (weighted) {
-    ce_rows_any<S, true, true>(a, r0, r1, mode);
+    ce_rows_any<T, true, true>(a, r0, r1, mode);
   } else {
-    ce_rows_any<S, true, false>(a, r0, r1, mode);
+    ce_rows_any<T, true, false>(a, r0, r1, mode);
   }
 }
 
-void ce_dispatch(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
-  if (a.dtype == DType::f32) {
-    ce_rows_dispatch<float>(a, r0, r1, mode);
-  } else {
-    ce_rows_dispatch<double>(a, r0, r1, mode);
-  }
-}
 
-void forward_rows(const CeArgs& a, int64_t r0, int64_t r1) { ce_dispatch(a, r0, r1, CeMode::forward); }
-void fused_rows(const CeArgs& a, int64_t r0, int64_t r1) { ce_dispatch(a, r0, r1, CeMode::fused); }
-void backward_rows(const CeArgs& a, int64_t r0, int64_t r1) {
-  ce_dispatch(a, r0, r1, CeMode::backward);
-}
-
-template <class S>
+template <class T>
 RowStats slice_stats_t(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, bool smoothing) {
-  const S* x = static_cast<const S*>(a.logits) + row * a.logits_stride + c0;
-  const S* w = weight_of<S>(a);
-  if (!smoothing) return online_stats<S, false, false, false>(x, c1 - c0, nullptr);
-  if (w) return online_stats<S, false, true, true>(x, c1 - c0, w + c0);
-  return online_stats<S, false, true, false>(x, c1 - c0, nullptr);
+  const T* x = static_cast<const T*>(a.logits) + row * a.logits_stride + c0;
+  const auto* w = weight_of<compute_t<T>>(a);
+  // 16-bit rows: the slice holding the label keeps its exp apart (RowStats::rest, ey).
+  const int64_t y = a.labels[row];
+  const int64_t skip = kNarrow<T> && y >= c0 && y < c1 ? y - c0 : -1;
+  if (!smoothing) return online_stats<T, false, false, false>(x, c1 - c0, nullptr, nullptr, nullptr, skip);
+  if (w) return online_stats<T, false, true, true>(x, c1 - c0, w + c0, nullptr, nullptr, skip);
+  return online_stats<T, false, true, false>(x, c1 - c0, nullptr, nullptr, nullptr, skip);
 }
 
-RowStats slice_stats(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, bool smoothing) {
-  if (a.dtype == DType::f32) return slice_stats_t<float>(a, row, c0, c1, smoothing);
-  return slice_stats_t<double>(a, row, c0, c1, smoothing);
+
+// 16-bit rows: classes [c0, c1) but the label's, and the sum of their exp(z - shift).
+template <class T, bool kSmooth, bool kWeighted>
+double slice_grad_sum(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, compute_t<T> shift,
+                      compute_t<T> alpha, compute_t<T> beta, const compute_t<T>* w) {
+  const T* x = static_cast<const T*>(a.logits) + row * a.logits_stride;
+  T* g = static_cast<T*>(a.grad) + row * a.grad_stride;
+  const int64_t y = a.labels[row];
+  const int64_t mid = y >= c0 && y < c1 ? y : c1;  // the label, or the end of the slice
+  const int64_t after = mid < c1 ? mid + 1 : c1;
+  return write_grad_sum<T, kSmooth, kWeighted>(x + c0, g + c0, mid - c0, shift, alpha, beta,
+                                               kWeighted ? w + c0 : w) +
+         write_grad_sum<T, kSmooth, kWeighted>(x + after, g + after, c1 - after, shift, alpha,
+                                               beta, kWeighted ? w + after : w);
 }
 
-template <class S>
-void slice_grad_t(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, double shift, double alpha,
-                  double beta) {
-  const S* x = static_cast<const S*>(a.logits) + row * a.logits_stride + c0;
-  S* g = static_cast<S*>(a.grad) + row * a.grad_stride + c0;
+template <class T>
+double slice_grad_t(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, double shift,
+                    double alpha, double beta) {
+  using S = compute_t<T>;
   const S* w = weight_of<S>(a);
-  if (beta == 0.0) {
-    write_grad<S, false, false>(x, g, c1 - c0, S(shift), S(alpha), S(0), nullptr);
-  } else if (w) {
-    write_grad<S, true, true>(x, g, c1 - c0, S(shift), S(alpha), S(beta), w + c0);
+  if constexpr (kNarrow<T>) {
+    if (beta == 0.0) return slice_grad_sum<T, false, false>(a, row, c0, c1, S(shift), S(alpha), S(0), nullptr);
+    if (w) return slice_grad_sum<T, true, true>(a, row, c0, c1, S(shift), S(alpha), S(beta), w);
+    return slice_grad_sum<T, true, false>(a, row, c0, c1, S(shift), S(alpha), S(beta), nullptr);
   } else {
-    write_grad<S, true, false>(x, g, c1 - c0, S(shift), S(alpha), S(beta), nullptr);
+    const T* x = static_cast<const T*>(a.logits) + row * a.logits_stride + c0;
+    T* g = static_cast<T*>(a.grad) + row * a.grad_stride + c0;
+    if (beta == 0.0) {
+      write_grad<T, false, false>(x, g, c1 - c0, S(shift), S(alpha), S(0), nullptr);
+    } else if (w) {
+      write_grad<T, true, true>(x, g, c1 - c0, S(shift), S(alpha), S(beta), w + c0);
+    } else {
+      write_grad<T, true, false>(x, g, c1 - c0, S(shift), S(alpha), S(beta), nullptr);
+    }
+    return 0.0;
   }
 }
 
-void slice_grad(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, double shift, double alpha,
-                double beta) {
-  if (a.dtype == DType::f32) {
-    slice_grad_t<float>(a, row, c0, c1, shift, alpha, beta);
-  } else {
-    slice_grad_t<double>(a, row, c0, c1, shift, alpha, beta);
-  }
-}
 
-template <class S>
+template <class T>
 void rowop_rows_t(const RowsArgs& a, RowOp op, int64_t r0, int64_t r1) {
+  using S = compute_t<T>;
   const int64_t C = a.classes;
-  const bool cached = row_fits_cache<S>(C);
+  const bool want_cache = op == RowOp::softmax && row_fits_cache<T>(C);
+  const ExpRow<T> exp_row(want_cache ? C : 0);
+  const bool cached = want_cache && exp_row.ok();
   double block_shift[kMaxCachedBlocks];
   for (int64_t i = r0; i < r1; ++i) {
-    const S* x = static_cast<const S*>(a.x) + i * a.x_stride;
+    const T* x = static_cast<const T*>(a.x) + i * a.x_stride;
     if (op == RowOp::logsumexp) {
-      RowStats st = online_stats<S, false, false, false>(x, C, nullptr);
-      static_cast<S*>(a.out)[i * a.out_stride] = S(st.m + __builtin_log(st.s));
+      RowStats st = online_stats<T, false, false, false>(x, C, nullptr);
+      static_cast<T*>(a.out)[i * a.out_stride] = narrow_from_double<T>(st.m + __builtin_log(st.s));
       continue;
     }
-    S* out = static_cast<S*>(a.out) + i * a.out_stride;
-    if (op == RowOp::softmax && cached) {
-      RowStats st = online_stats<S, true, false, false>(x, C, nullptr, out, block_shift);
-      scale_blocks<S, false, false>(out, C, block_shift, st.m, 1.0 / st.s, S(0), nullptr);
+    T* out = static_cast<T*>(a.out) + i * a.out_stride;
+    if (cached) {
+      RowStats st = online_stats<T, true, false, false>(x, C, nullptr, exp_row.row(out), block_shift);
+      scale_blocks<T, false, false>(exp_row.row(out), out, C, block_shift, st.m, 1.0 / st.s, S(0),
+                                    nullptr);
       continue;
     }
-    RowStats st = online_stats<S, false, false, false>(x, C, nullptr);
+    RowStats st = online_stats<T, false, false, false>(x, C, nullptr);
     if (op == RowOp::softmax) {
-      write_grad<S, false, false>(x, out, C, S(st.m), S(1.0 / st.s), S(0), nullptr);
+      write_grad<T, false, false>(x, out, C, S(st.m), S(1.0 / st.s), S(0), nullptr);
     } else {
       // log p_j = (z_j - m) - log s: subtracting the max first keeps huge logits exact.
       const S m = S(st.m), log_s = S(__builtin_log(st.s));
@@ -490,10 +748,93 @@ void rowop_rows_t(const RowsArgs& a, RowOp op, int64_t r0, int64_t r1) {
   }
 }
 
+// The entry points. Each ISA compiles this body twice: its main file (isa_<name>.cpp) for float
+// and double rows, and with FASTXENT_KERNELS_HALF defined (isa_<name>_half.cpp) for float16 and
+// bfloat16 rows. Compilers budget inlining per translation unit, so keeping the 16-bit
+// instantiations out of the main file leaves the float and double kernels compiled as before.
+#if defined(FASTXENT_KERNELS_HALF)
+
+// Calls f(T{}) with the 16-bit storage type of dtype d.
+template <class F>
+inline void with_half_type(DType d, F&& f) {
+  if (d == DType::f16) {
+    f(Half{});
+  } else {
+    f(BFloat16{});
+  }
+}
+
+void ce_dispatch_half(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  with_half_type(a.dtype, [&](auto tag) { ce_rows_dispatch<decltype(tag)>(a, r0, r1, mode); });
+}
+
+RowStats slice_stats_half(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, bool smoothing) {
+  RowStats st{};
+  with_half_type(a.dtype, [&](auto tag) {
+    st = slice_stats_t<decltype(tag)>(a, row, c0, c1, smoothing);
+  });
+  return st;
+}
+
+double slice_grad_half(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, double shift,
+                       double alpha, double beta) {
+  double rest = 0;
+  with_half_type(a.dtype, [&](auto tag) {
+    rest = slice_grad_t<decltype(tag)>(a, row, c0, c1, shift, alpha, beta);
+  });
+  return rest;
+}
+
+void rowop_rows_half(const RowsArgs& a, RowOp op, int64_t r0, int64_t r1) {
+  with_half_type(a.dtype, [&](auto tag) { rowop_rows_t<decltype(tag)>(a, op, r0, r1); });
+}
+
+#else
+
+// Defined in this ISA's 16-bit translation unit.
+void ce_dispatch_half(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode);
+RowStats slice_stats_half(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, bool smoothing);
+double slice_grad_half(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, double shift,
+                       double alpha, double beta);
+void rowop_rows_half(const RowsArgs& a, RowOp op, int64_t r0, int64_t r1);
+
+void ce_dispatch(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  if (a.dtype == DType::f32) {
+    ce_rows_dispatch<float>(a, r0, r1, mode);
+  } else if (a.dtype == DType::f64) {
+    ce_rows_dispatch<double>(a, r0, r1, mode);
+  } else {
+    ce_dispatch_half(a, r0, r1, mode);
+  }
+}
+
+void forward_rows(const CeArgs& a, int64_t r0, int64_t r1) { ce_dispatch(a, r0, r1, CeMode::forward); }
+void fused_rows(const CeArgs& a, int64_t r0, int64_t r1) { ce_dispatch(a, r0, r1, CeMode::fused); }
+void backward_rows(const CeArgs& a, int64_t r0, int64_t r1) {
+  ce_dispatch(a, r0, r1, CeMode::backward);
+}
+
+RowStats slice_stats(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, bool smoothing) {
+  if (a.dtype == DType::f32) return slice_stats_t<float>(a, row, c0, c1, smoothing);
+  if (a.dtype == DType::f64) return slice_stats_t<double>(a, row, c0, c1, smoothing);
+  return slice_stats_half(a, row, c0, c1, smoothing);
+}
+
+double slice_grad(const CeArgs& a, int64_t row, int64_t c0, int64_t c1, double shift, double alpha,
+                  double beta) {
+  if (a.dtype == DType::f32) return slice_grad_t<float>(a, row, c0, c1, shift, alpha, beta);
+  if (a.dtype == DType::f64) return slice_grad_t<double>(a, row, c0, c1, shift, alpha, beta);
+  return slice_grad_half(a, row, c0, c1, shift, alpha, beta);
+}
+
 void rowop_rows(const RowsArgs& a, RowOp op, int64_t r0, int64_t r1) {
   if (a.dtype == DType::f32) {
     rowop_rows_t<float>(a, op, r0, r1);
-  } else {
+  } else if (a.dtype == DType::f64) {
     rowop_rows_t<double>(a, op, r0, r1);
+  } else {
+    rowop_rows_half(a, op, r0, r1);
   }
 }
+
+#endif

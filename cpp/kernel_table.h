@@ -14,9 +14,10 @@ struct KernelTable {
   void (*backward_rows)(const CeArgs&, int64_t r0, int64_t r1);
   // Classes [c0, c1) of one row, for splitting a long row across threads.
   RowStats (*slice_stats)(const CeArgs&, int64_t row, int64_t c0, int64_t c1, bool smoothing);
-  // grad_j = exp(z_j - m) * alpha - beta * w_j on classes [c0, c1) of one row.
-  void (*slice_grad)(const CeArgs&, int64_t row, int64_t c0, int64_t c1, double m, double alpha,
-                     double beta);
+  // grad_j = exp(z_j - m) * alpha - beta * w_j on classes [c0, c1) of one row. 16-bit rows skip
+  // the label's class (the caller writes it) and return the sum of the others' exp(z_j - m).
+  double (*slice_grad)(const CeArgs&, int64_t row, int64_t c0, int64_t c1, double m, double alpha,
+                       double beta);
   void (*rowop_rows)(const RowsArgs&, RowOp op, int64_t r0, int64_t r1);
 };
 

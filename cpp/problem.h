@@ -5,7 +5,16 @@
 
 namespace fastxent {
 
-enum class DType : int { f32 = 0, f64 = 1 };
+enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
+
+// 16-bit storage types: the raw bits, converted to float on load and rounded back on store
+// (per ISA: simd/vec_*.h, simd/half_scalar.h). Their rows are computed in float.
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
 
 // Softmax cross-entropy over `rows` rows of `classes` logits. Strides count elements.
 // Per row i with label y (not ignored), eps = smoothing, w = weight (ones if null):
@@ -18,23 +27,27 @@ struct CeArgs {
   int64_t logits_stride = 0;
   const int64_t* labels = nullptr;  // validated: in [0, C) or == ignore_index
   int64_t ignore_index = -100;
-  const float* weight_f32 = nullptr;   // the weight in float (for f32 rows) ...
+  const float* weight_f32 = nullptr;   // the weight in float (for f32/f16/bf16 rows) ...
   const double* weight_f64 = nullptr;  // ... and in double; both null = unweighted
   double weight_total = 0;             // sum_j w_j (C when unweighted)
   double smoothing = 0;
   double grad_scale = 1;
   const double* grad_rows = nullptr;
   double* row_loss = nullptr;  // out (forward), per row, unscaled; 0 for ignored rows
-  void* lse = nullptr;         // out (forward) or in (backward): float for f32, double for f64
+  void* lse = nullptr;         // out (forward) or in (backward): double for f64, else float
   void* grad = nullptr;        // out: same dtype as logits, may alias logits exactly
   int64_t grad_stride = 0;
 };
 
 // Partial statistics of a slice of one row, merged when a long row is split across threads.
 // t = sum_j w_j (z_j - m) over the slice (only with smoothing), wsum = sum_j w_j.
+// 16-bit rows also split s = rest + ey, ey = exp(z_y - m) of the label (0 when the slice does
+// not hold it): 1 - p_y = rest / s and -log p_y = log1p(rest / ey) then keep the precision of
+// rest instead of cancelling near p_y = 1 (rest is what matters at 16-bit precision).
 struct RowStats {
   double m, s, t, wsum;
   bool nan;
+  double rest = 0, ey = 0;
 };
 
 // What a cross-entropy call computes: loss only, loss and gradient, or gradient from saved lse.

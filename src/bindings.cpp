@@ -25,10 +25,38 @@ using OutMatrix = nb::ndarray<nb::ndim<2>, nb::device::cpu>;
 
 namespace {
 
-DType float_dtype(const nb::dlpack::dtype& dt, const char* name) {
-  if (dt == nb::dtype<float>()) return DType::f32;
-  if (dt == nb::dtype<double>()) return DType::f64;
-  throw nb::type_error((std::string(name) + " must be float32 or float64").c_str());
+// The dtype of an array of floats. dtype_code (a DType, or -1) names it explicitly: NumPy has no
+// bfloat16 of its own (ml_dtypes' arrays may not pass through the buffer protocol), so the
+// Python layer passes 16-bit arrays as uint16 views with the code; only the item size is
+// checked then. Without a code, float32/float64/float16 (and a DLPack bfloat16) are read.
+DType float_dtype(const nb::dlpack::dtype& dt, int dtype_code, const char* name) {
+  const bool is_float = dt.code == uint8_t(nb::dlpack::dtype_code::Float) && dt.lanes == 1;
+  if (dtype_code < 0) {
+    if (is_float && dt.bits == 32) return DType::f32;
+    if (is_float && dt.bits == 64) return DType::f64;
+    if (is_float && dt.bits == 16) return DType::f16;
+    if (dt.code == uint8_t(nb::dlpack::dtype_code::Bfloat) && dt.bits == 16 && dt.lanes == 1) return DType::bf16;
+    throw nb::type_error((std::string(name) + " must be float16, bfloat16, float32 or float64").c_str());
+  }
+  if (dtype_code > int(DType::bf16)) throw nb::value_error("unknown dtype code");
+  const DType d = DType(dtype_code);
+  const int bits = d == DType::f64 ? 64 : d == DType::f32 ? 32 : 16;
+  if (dt.bits != bits || dt.lanes != 1) {
+    throw nb::type_error((std::string(name) + ": item size does not match the dtype code").c_str());
+  }
+  if ((d == DType::f32 || d == DType::f64) && !is_float) {
+    throw nb::type_error((std::string(name) + " must be float32 or float64 for this dtype code").c_str());
+  }
+  return d;
+}
+
+// Checks that an output / saved array holds `want` (item size and float kind for 32/64 bits).
+void check_same_storage(const nb::dlpack::dtype& dt, DType want, const char* name) {
+  const int bits = want == DType::f64 ? 64 : want == DType::f32 ? 32 : 16;
+  const bool float_kind = dt.code == uint8_t(nb::dlpack::dtype_code::Float);
+  if (dt.bits != bits || dt.lanes != 1 || (bits > 16 && !float_kind)) {
+    throw nb::type_error((std::string(name) + " does not have the dtype the call needs").c_str());
+  }
 }
 
 IntType int_type(const nb::dlpack::dtype& dt) {
@@ -52,10 +80,13 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
                      std::optional<DoubleVector> weight, int64_t ignore_index, double smoothing,
                      int reduction, double grad_output, std::optional<DoubleVector> grad_rows,
                      const Vector& lse, std::optional<nb::ndarray<double, nb::ndim<1>, nb::c_contig>> row_loss,
-                     std::optional<OutMatrix> grad) {
+                     std::optional<OutMatrix> grad, int dtype_code) {
   const CeMode mode = CeMode(mode_code);
   CeArgs a;
-  a.dtype = float_dtype(logits.dtype(), "logits");
+  a.dtype = float_dtype(logits.dtype(), dtype_code, "logits");
+  // lse is double for float64 rows, float otherwise (16-bit rows too).
+  check_same_storage(lse.dtype(), a.dtype == DType::f64 ? DType::f64 : DType::f32, "lse");
+  if (grad) check_same_storage(grad->dtype(), a.dtype, "grad");
   a.rows = int64_t(logits.shape(0));
   a.classes = int64_t(logits.shape(1));
   a.logits = logits.data();
@@ -107,9 +138,10 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   return reduction == kMean ? total / denom : total;
 }
 
-void rowop(int op, const Matrix& x, OutMatrix out) {
+void rowop(int op, const Matrix& x, OutMatrix out, int dtype_code) {
   RowsArgs a;
-  a.dtype = float_dtype(x.dtype(), "x");
+  a.dtype = float_dtype(x.dtype(), dtype_code, "x");
+  check_same_storage(out.dtype(), a.dtype, "out");
   a.rows = int64_t(x.shape(0));
   a.classes = int64_t(x.shape(1));
   a.x = x.data();
@@ -131,7 +163,7 @@ std::vector<std::string> isas() {
 
 NB_MODULE(_core, m) {
   m.doc() = "fastxent's compiled kernels (private: use the fastxent package)";
-  m.def("cross_entropy", &cross_entropy);
+  m.def("cross_entropy", &cross_entropy);  // the last argument: dtype code (-1: from the array)
   m.def("rowop", &rowop);
   m.def("isa", [] { return std::string(active_table().isa); });
   m.def("isas", &isas);

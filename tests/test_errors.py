@@ -144,7 +144,7 @@ def test_labels_shape_mismatch(backend, func, arrays):
 
 
 @pytest.mark.parametrize("func", FUNCS)
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float16, np.complex64, bool])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16, np.longdouble, np.complex64, bool])
 def test_logits_bad_dtype(backend, func, dtype, arrays):
     logits, labels, _, _ = arrays
     expect_error(TypeError, "logits", func, logits.astype(dtype), labels, backend)

@@ -1,4 +1,4 @@
-// AVX2 + FMA vectors: 8 floats, 4 doubles. Included inside the avx2 ISA namespace.
+// AVX2 + FMA (+ F16C) vectors: 8 floats, 4 doubles. Included inside the avx2 ISA namespace.
 #pragma once
 #include <immintrin.h>
 
@@ -11,6 +11,30 @@ struct VecF {
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   void stream(float* p) const { _mm256_stream_ps(p, v); }
   static VecF set1(float s) { return {_mm256_set1_ps(s)}; }
+  // 16-bit storage: float16 through F16C (every AVX2 CPU has it), bfloat16 as the high half of
+  // a float's bits. Stores round to nearest even; NaN stays NaN, inf stays inf.
+  static VecF load(const Half* p) {
+    return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+  }
+  void store(Half* p) const {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  static VecF load(const BFloat16* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))};
+  }
+  void store(BFloat16* p) const {
+    const __m256i b = _mm256_castps_si256(v);
+    const __m256i hi = _mm256_srli_epi32(b, 16);
+    const __m256i bias = _mm256_add_epi32(_mm256_and_si256(hi, _mm256_set1_epi32(1)), _mm256_set1_epi32(0x7FFF));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, bias), 16);  // to nearest, ties to even
+    // NaN: truncate and set the quiet bit (rounding could carry a NaN's payload into inf).
+    const __m256i quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
+    r = _mm256_blendv_epi8(r, quiet, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    // 8 x 32-bit values below 2^16 -> 8 x 16-bit (packus saturates nothing here).
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+  }
 
   friend VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend VecF operator-(VecF a, VecF b) { return {_mm256_sub_ps(a.v, b.v)}; }

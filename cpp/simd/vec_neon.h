@@ -11,6 +11,27 @@ struct VecF {
   void store(float* p) const { vst1q_f32(p, v); }
   void stream(float* p) const { vst1q_f32(p, v); }
   static VecF set1(float s) { return {vdupq_n_f32(s)}; }
+  // 16-bit storage: float16 with the aarch64 conversions (FPCR's rounding: nearest even),
+  // bfloat16 as the high half of a float's bits. NaN stays NaN, inf stays inf.
+  static VecF load(const Half* p) {
+    return {vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p))))};
+  }
+  void store(Half* p) const {
+    vst1_u16(reinterpret_cast<uint16_t*>(p), vreinterpret_u16_f16(vcvt_f16_f32(v)));
+  }
+  static VecF load(const BFloat16* p) {
+    const uint32x4_t wide = vmovl_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p)));
+    return {vreinterpretq_f32_u32(vshlq_n_u32(wide, 16))};
+  }
+  void store(BFloat16* p) const {
+    const uint32x4_t b = vreinterpretq_u32_f32(v);
+    const uint32x4_t odd = vandq_u32(vshrq_n_u32(b, 16), vdupq_n_u32(1));
+    const uint32x4_t rounded = vaddq_u32(vaddq_u32(b, vdupq_n_u32(0x7FFF)), odd);
+    // NaN: truncate and set the quiet bit (rounding could carry a NaN's payload into inf).
+    const uint32x4_t quiet = vorrq_u32(b, vdupq_n_u32(0x400000));
+    const uint32x4_t r = vbslq_u32(vceqq_f32(v, v), rounded, quiet);  // v == v: not NaN
+    vst1_u16(reinterpret_cast<uint16_t*>(p), vshrn_n_u32(r, 16));
+  }
 
   friend VecF operator+(VecF a, VecF b) { return {vaddq_f32(a.v, b.v)}; }
   friend VecF operator-(VecF a, VecF b) { return {vsubq_f32(a.v, b.v)}; }

@@ -2,6 +2,7 @@
 // Included inside each ISA namespace (never at global scope) so that no two
 // translation units compiled with different flags share an inline symbol.
 #pragma once
+#include "half_scalar.h"
 
 template <class S>
 struct Vec1 {
@@ -11,6 +12,11 @@ struct Vec1 {
 
   static Vec1 load(const S* p) { return {*p}; }
   void store(S* p) const { *p = v; }
+  // 16-bit storage (only with S = float): widened on load, rounded to nearest even on store.
+  static Vec1 load(const Half* p) { return {S(half_to_float(*p))}; }
+  static Vec1 load(const BFloat16* p) { return {S(bf16_to_float(*p))}; }
+  void store(Half* p) const { *p = float_to_half(float(v)); }
+  void store(BFloat16* p) const { *p = float_to_bf16(float(v)); }
   void stream(S* p) const { *p = v; }
   static Vec1 set1(S s) { return {s}; }
 

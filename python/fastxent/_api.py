@@ -5,18 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backends
-from ._checks import as_array, check_grad_output, gradient_buffer, make_problem
+from ._checks import as_array, check_grad_output, gradient_buffer, lse_dtype, make_problem
 
 
 def _loss_result(problem, loss):
     dtype = problem.logits.dtype
-    if problem.reduction == "none":
-        return np.asarray(loss, dtype=dtype).reshape(problem.shape[:-1])
-    return dtype.type(loss)
+    with np.errstate(over="ignore"):  # a float16 loss past 65504 is inf, as in PyTorch
+        if problem.reduction == "none":
+            return np.asarray(loss, dtype=dtype).reshape(problem.shape[:-1])
+        return dtype.type(loss)
 
 
 def _lse_result(problem, lse):
-    return np.asarray(lse, dtype=problem.logits.dtype).reshape(problem.shape[:-1])
+    return np.asarray(lse, dtype=lse_dtype(problem.logits.dtype)).reshape(problem.shape[:-1])
 
 
 def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
@@ -34,8 +35,8 @@ def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoot
 def cross_entropy_forward(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
                           reduction="mean", backend="auto"):
     """(loss, lse): the loss as cross_entropy gives it and the per-row log-sum-exp (...) to pass
-    to cross_entropy_backward. lse is float64 for float64 logits, else float32; it is 0 on
-    ignored rows (not computed)."""
+    to cross_entropy_backward. lse is float64 for float64 logits, else float32 (for float16
+    and bfloat16 logits too); it is 0 on ignored rows (not computed)."""
     problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction)
     loss, lse = _backends.get(backend).forward(problem)
     return _loss_result(problem, loss), _lse_result(problem, lse)
@@ -79,7 +80,7 @@ def cross_entropy_backward(logits, labels, lse, *, weight=None, ignore_index=-10
         raise ValueError(f"lse must have shape {problem.shape[:-1]} (one per row), got {lse.shape}")
     if lse.dtype.kind != "f":
         raise TypeError(f"lse must be a float array, got dtype {lse.dtype}")
-    lse = np.ascontiguousarray(lse, dtype=problem.logits.dtype).reshape(-1)
+    lse = np.ascontiguousarray(lse, dtype=lse_dtype(problem.logits.dtype)).reshape(-1)
     grad_scalar, grad_rows = check_grad_output(grad_output, problem)
     target, view = _gradient_target(problem, out, inplace)
     impl = _backends.get(backend)

@@ -12,6 +12,16 @@ REDUCTIONS = ("mean", "sum", "none")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def is_half(dtype) -> bool:
+    """float16, or bfloat16 (ml_dtypes' type; recognised by name, so ml_dtypes is not needed)."""
+    return dtype == np.float16 or (dtype.name == "bfloat16" and dtype.itemsize == 2)
+
+
+def lse_dtype(dtype) -> np.dtype:
+    """The dtype of the per-row lse: float32 for 16-bit logits (computed in float32)."""
+    return np.dtype(np.float32) if is_half(dtype) else dtype
+
+
 def as_array(value, name: str) -> np.ndarray:
     """A NumPy view of `value` without copying when it speaks DLPack or the buffer protocol."""
     if isinstance(value, np.ndarray):
@@ -40,7 +50,7 @@ class Problem:
     )
 
     def __init__(self, logits, labels, shape, weight, ignore_index, smoothing, reduction, source):
-        self.logits = logits        # (N, C) float32/float64, class stride 1
+        self.logits = logits        # (N, C) float16/bfloat16/float32/float64, class stride 1
         self.labels = labels        # (N,) any integer dtype, values not yet checked
         self.shape = shape          # the caller's logits shape (..., C)
         self.classes = shape[-1]
@@ -112,8 +122,8 @@ def check_weight(weight, classes: int):
 
 def check_logits(logits, name="logits") -> np.ndarray:
     x = as_array(logits, name)
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES and not is_half(x.dtype):
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.ndim == 0:
         raise ValueError(f"{name} must have a class axis: shape (..., classes), got a scalar")
     return x
@@ -217,7 +227,7 @@ def check_grad_output(grad_output, problem: Problem):
     lead = problem.shape[:-1]
     if g.shape != lead:
         raise ValueError(f"grad_output must be a scalar or have shape {lead} (one per row), got {g.shape}")
-    if g.dtype.kind not in "fiu":
+    if g.dtype.kind not in "fiu" and not is_half(g.dtype):
         raise TypeError(f"grad_output must be real numbers, got dtype {g.dtype}")
     return 1.0, np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
 

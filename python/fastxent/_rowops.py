@@ -30,14 +30,15 @@ def _run(x, axis, backend, op):
         return np.full(lead, -np.inf, x.dtype) if op == "logsumexp" else np.empty(x.shape, x.dtype)
     if classes > 1 and moved.strides[-1] != moved.itemsize:
         moved = np.ascontiguousarray(moved)  # the kernels need a contiguous class axis
-    result = np.asarray(impl.rowop(moved.reshape(-1, classes), op), dtype=x.dtype)
+    with np.errstate(over="ignore"):  # float32/64 results past a float16's range are +-inf
+        result = np.asarray(impl.rowop(moved.reshape(-1, classes), op), dtype=x.dtype)
     if op == "logsumexp":
         return result.reshape(lead)
     return np.moveaxis(result.reshape(moved.shape), -1, axis)
 
 
 def softmax(x, axis=-1, *, backend="auto"):
-    """exp(x - logsumexp(x)) along `axis`, in x's dtype (float32 or float64)."""
+    """exp(x - logsumexp(x)) along `axis`, in x's dtype (float16/bfloat16 computed in float32)."""
     return _run(x, axis, backend, "softmax")
 
 

@@ -16,8 +16,10 @@ in one read of the logits. It works under ``jax.jit``, ``jax.grad``/``jax.vjp`` 
 (the callbacks then run once per batch element, ``vmap_method="sequential"``). On an accelerator
 the arrays would be copied to the host and back: this is a CPU library.
 
-float32, and float64 when ``jax_enable_x64`` is on, run natively; float16/bfloat16 logits are
-upcast to float32 and the loss cast back. Labels: any integer dtype. ``weight`` gets no
+float32, float16 and bfloat16, and float64 when ``jax_enable_x64`` is on, run natively (16-bit
+logits are computed in float32 inside the kernels; the loss and the gradient come back in the
+logits' dtype, each rounded once, and the saved lse is float32). Other float dtypes are computed
+in float32 and the loss cast back. Labels: any integer dtype. ``weight`` gets no
 gradient (a zero cotangent). Options are static Python values (they select the kernel), so
 changing them retraces under jit. Label values are checked when the callback runs: a bad label
 makes the jitted call raise (JAX wraps fastxent's ValueError, whose text names the row).
@@ -60,17 +62,23 @@ class _Options(NamedTuple):
         return self._asdict()
 
 
+_NATIVE = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+
+
+def _lse_dtype(dtype):
+    return jnp.float64 if dtype == jnp.float64 else jnp.float32
+
+
 def _result_types(opts, logits, labels):
     loss_shape = labels.shape if opts.reduction == "none" else ()
     return (jax.ShapeDtypeStruct(loss_shape, logits.dtype),
-            jax.ShapeDtypeStruct(labels.shape, logits.dtype))
+            jax.ShapeDtypeStruct(labels.shape, _lse_dtype(logits.dtype)))
 
 
 def _host_forward(opts, logits, labels, weight):
     loss, lse = fastxent.cross_entropy_forward(logits, labels, weight=weight, **opts.kwargs())
     # pure_callback insists on exactly the promised dtypes (and NumPy arrays, not scalars).
-    dtype = lse.dtype
-    return np.asarray(loss, dtype=dtype), np.asarray(lse, dtype=dtype)
+    return np.asarray(loss, dtype=logits.dtype), np.asarray(lse, dtype=_lse_dtype(logits.dtype))
 
 
 def _host_backward(opts, logits, labels, weight, lse, cotangent):
@@ -162,6 +170,6 @@ def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoot
             weight = weight.astype(jnp.float32)
 
     dtype = logits.dtype
-    x = logits if dtype in (jnp.float32, jnp.float64) else logits.astype(jnp.float32)
+    x = logits if dtype in _NATIVE else logits.astype(jnp.float32)
     loss = _cross_entropy(opts, x, labels, weight)
     return loss if loss.dtype == dtype else loss.astype(dtype)

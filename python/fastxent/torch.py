@@ -34,8 +34,10 @@ Layouts and dtypes
 The kernels need the class axis contiguous and last. ``(N, C)`` inputs are used as they are
 (row-strided slices too). ``(N, C, d1, ..., dk)`` inputs have their class axis moved last,
 which makes a copy of the logits (and the gradient goes back through that copy).
-float32 and float64 run natively. float16 and bfloat16 are upcast to float32 (a copy), computed
-in float32, and the loss is cast back to the input's dtype (the gradient too, by autograd).
+float32, float64 and float16 run natively, and bfloat16 too when ml_dtypes is installed (NumPy
+has no bfloat16 of its own; without ml_dtypes bfloat16 is upcast to float32, a copy, and the
+loss cast back). 16-bit logits are computed in float32 inside the kernels: the loss and the
+gradient come back in the input's dtype, each rounded once; the saved lse is float32.
 Targets: any integer dtype (torch itself only takes int64/uint8). Probability (float) targets
 are not supported. The gradient with respect to ``weight`` is not computed (as in PyTorch).
 
@@ -52,7 +54,7 @@ logits that nothing else needs afterwards: typically the output of a ``Linear`` 
 backward needs its input and weight, not its output) that you do not read after the loss call
 (compute accuracy/argmax *before* the loss). It is refused with a RuntimeError for leaf tensors
 that require grad, for views (e.g. ``x.view(-1, C)`` or a 3-D ``Linear`` output; apply the layer
-to a 2-D input instead), for non-contiguous inputs, for float16/bfloat16, for inputs with the
+to a 2-D input instead), for non-contiguous inputs, for upcast bfloat16, for inputs with the
 class axis not last (more than 2 dims) and under ``torch.compile``. The write bumps the tensor's
 version counter, so if another autograd node saved the logits (``exp``, ``sigmoid``,
 ``softmax``...) PyTorch raises "modified by an inplace operation" at backward time instead of
@@ -83,8 +85,15 @@ import fastxent
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
-_NATIVE = (torch.float32, torch.float64)
-_UPCAST = (torch.float16, torch.bfloat16)
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover - ml_dtypes comes with JAX and the test extras
+    ml_dtypes = None
+_HALF = (torch.float16, torch.bfloat16)
+# Passed to the kernels as they are (16-bit ones computed in float32 inside) ...
+_NATIVE = (torch.float32, torch.float64, torch.float16) + ((torch.bfloat16,) if ml_dtypes else ())
+# ... or copied to float32 first: bfloat16 without ml_dtypes to view it as in NumPy.
+_UPCAST = tuple(d for d in _HALF if d not in _NATIVE)
 _OPTS = "int ignore_index, float label_smoothing, str reduction"
 
 
@@ -95,19 +104,31 @@ _OPTS = "int ignore_index, float label_smoothing, str reduction"
 
 def _np(t):
     # detach: the op bodies run below autograd but the tensors may still carry requires_grad.
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    t = t.detach()
+    if t.dtype == torch.bfloat16:  # NumPy cannot view it: through its bits (same memory)
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
 
 
 def _out(grad):
     # NumPy gives empty arrays zero strides, which fastxent's out= check rejects as "class axis
     # not contiguous": let it allocate its own (empty) result then.
-    return grad.numpy() if grad.numel() else None
+    return _np(grad) if grad.numel() else None
 
 
 def _loss_tensor(loss):
     # fastxent returns a NumPy scalar (mean/sum) or a freshly allocated array (none): wrap it
     # without a copy (np.asarray turns the scalar into a writable 0-d array).
-    return torch.from_numpy(np.asarray(loss))
+    loss = np.asarray(loss)
+    if loss.dtype.name == "bfloat16":
+        return torch.from_numpy(loss.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(loss)
+
+
+def _lse_dtype(logits):
+    return torch.float32 if logits.dtype in _HALF else logits.dtype
 
 
 def _loss_shape(logits, reduction):
@@ -130,7 +151,7 @@ def _ce_forward(logits, labels, weight, ignore_index, label_smoothing, reduction
 @_ce_forward.register_fake
 def _(logits, labels, weight, ignore_index, label_smoothing, reduction):
     return (logits.new_empty(_loss_shape(logits, reduction)),
-            logits.new_empty((logits.shape[0],)))
+            logits.new_empty((logits.shape[0],), dtype=_lse_dtype(logits)))
 
 
 @torch.library.custom_op(
@@ -347,7 +368,7 @@ def _check_inplace(x, use_ops):
         problem = (f"needs the class axis last and contiguous: input of shape (N, C) or (C,), "
                    f"got {tuple(x.shape)}")
     elif x.dtype not in _NATIVE:
-        problem = f"needs float32 or float64 input (no upcast copy), got {x.dtype}"
+        problem = f"needs input the kernels take as it is (no upcast copy), got {x.dtype}"
     elif not x.is_contiguous():
         problem = "needs a contiguous input"
     if problem is not None:
@@ -406,7 +427,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
 
     input: (C,), (N, C) or (N, C, d1, ..., dk) float tensor (class dimension 1, or 0 unbatched).
     (N, C, d1, ...) inputs are copied once to move the class axis last (the kernels need it
-    contiguous); float16/bfloat16 are upcast to float32 and the loss cast back.
+    contiguous); float16/bfloat16 are computed in float32 inside the kernels.
     target: () / (N,) / (N, d1, ..., dk) integer tensor of class indices (any integer dtype).
     weight, ignore_index, reduction, label_smoothing: as in PyTorch (keyword-only after weight).
     grad_in_forward: compute the gradient in the forward's single pass and keep it for backward.
@@ -427,7 +448,8 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
     if weight is not None:
         # fastxent reads weights as float64 anyway; NumPy has no bfloat16 to view them as.
         weight = weight.detach()
-        weight = weight if weight.dtype in _NATIVE else weight.to(torch.float64)
+        if weight.dtype not in (torch.float32, torch.float64):
+            weight = weight.to(torch.float64)
     options = (int(ignore_index), float(label_smoothing), reduction)
     needs_grad = torch.is_grad_enabled() and input.requires_grad
 

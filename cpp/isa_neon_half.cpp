@@ -1,0 +1,4 @@
+// The float16 / bfloat16 kernels of the neon instruction set: the same kernel body in its own
+// translation unit, compiled with the same flags (see the end of kernel_body.h for why).
+#define FASTXENT_KERNELS_HALF
+#include "isa_neon.cpp"
