@@ -29,7 +29,10 @@ void read_labels_t(const T* data, int64_t n, int64_t stride, int64_t classes, in
     const T raw = data[i * stride];
     int64_t v;
     if constexpr (std::is_unsigned_v<T> && sizeof(T) == 8) {
-      v = raw > uint64_t(std::numeric_limits<int64_t>::max()) ? -1 : int64_t(raw);
+      // No class index or int64 ignore_index is this large: always an error (the Python layer
+      // reformats the message with the unsigned value).
+      if (raw > uint64_t(std::numeric_limits<int64_t>::max())) throw LabelError(i, -1, classes, ignore_index);
+      v = int64_t(raw);
     } else {
       v = int64_t(raw);
     }
@@ -115,7 +118,7 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
     const double wy = w ? w[y] : 1.0;
     double zy = 0;
     with_storage_type(a.dtype, [&](auto tag) { zy = logit_at<decltype(tag)>(a, i, y); });
-    double lse, inv_s = 1.0;
+    double lse, log_s = 0.0, inv_s = 1.0;  // log s apart from m: m + log s rounds for huge m
     if (mode == CeMode::backward) {
       lse = shift[size_t(i)] = lse_f64 ? static_cast<double*>(a.lse)[i] : double(static_cast<float*>(a.lse)[i]);
     } else {
@@ -139,17 +142,18 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
         if (smoothing) t += (p.m == -INFINITY) ? (p.wsum > 0 ? -INFINITY : 0.0) : p.t - p.wsum * (m - p.m);
       }
       if (nan) s = row_rest = NAN;
-      lse = m + std::log(s);
+      log_s = std::log(s);
+      lse = m + log_s;
       shift[size_t(i)] = m;
       inv_s = 1.0 / s;
-      double nll = lse - zy;
+      double nll = (m - zy) + log_s;
       if (narrow) {
         rest[size_t(i)] = row_rest;
         ey[size_t(i)] = row_ey;
         if (row_ey > 0) nll = std::log1p(row_rest / row_ey);  // exact where lse - zy cancels
       }
       double loss = (1.0 - a.smoothing) * wy * nll;
-      if (smoothing) loss += a.smoothing / double(C) * (a.weight_total * (lse - m) - t);
+      if (smoothing) loss += a.smoothing / double(C) * (a.weight_total * log_s - t);
       a.row_loss[i] = loss;
       if (lse_f64) static_cast<double*>(a.lse)[i] = lse; else static_cast<float*>(a.lse)[i] = float(lse);
     }
@@ -160,7 +164,7 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
     const double p_coef = label_coef + smooth_coef * a.weight_total;
     alpha[size_t(i)] = p_coef * inv_s;
     beta[size_t(i)] = smooth_coef;
-    label_grad[size_t(i)] = std::exp(zy - lse) * p_coef - smooth_coef * wy - label_coef;
+    label_grad[size_t(i)] = std::exp((zy - shift[size_t(i)]) - log_s) * p_coef - smooth_coef * wy - label_coef;
     if (narrow) {
       label_coefs[size_t(i)] = label_coef;
       if (mode == CeMode::backward) ey[size_t(i)] = std::exp(zy - lse);  // rest: from the slices

@@ -18,7 +18,7 @@ struct LabelError : std::invalid_argument {
 
 // Copies n labels of any integer type (element stride `stride`) to int64. Throws LabelError
 // for the first label outside [0, classes) that is not ignore_index; an unsigned label too
-// large for int64 reports as -1.
+// large for int64 is an error too.
 void read_labels(const void* data, IntType type, int64_t n, int64_t stride, int64_t classes,
                  int64_t ignore_index, int64_t* out);
 

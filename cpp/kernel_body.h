@@ -49,6 +49,7 @@ constexpr int64_t kCachedRowBytes = 384 * 1024;
 // The online max is taken per block of this many logits; block sums are added in double,
 // which keeps a 128k-class row accurate to float32 rounding.
 constexpr int64_t kBlock = 1024;
+constexpr double kSmoothSumScale = 5.421010862427522e-20;  // 2^-64
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -150,19 +151,21 @@ inline BlockSums exp_block(const T* x, compute_t<T>* out, int64_t n, compute_t<T
     if constexpr (kStore) e.store(out + j);
     acc_s.add(e, k);
     if constexpr (kSmooth) {
+      // Scaled by 2^-64 so that float sums of logit-sized terms near FLT_MAX do not overflow.
+      const VV scaled = shifted * VV::set1(S(kSmoothSumScale));
       if constexpr (kWeighted) {
         VV wj = VV::load(w + j);
-        acc_t.add(wj * shifted, k);
+        acc_t.add(wj * scaled, k);
         acc_w.add(wj, k);
       } else {
-        acc_t.add(shifted, k);
+        acc_t.add(scaled, k);
       }
     }
   });
   BlockSums r;
   r.s = acc_s.total();
   if constexpr (kSmooth) {
-    r.t = acc_t.total();
+    r.t = double(acc_t.total()) / kSmoothSumScale;
     r.wsum = kWeighted ? double(acc_w.total()) : double(n);
   }
   return r;
@@ -433,7 +436,9 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     }
     const double wy = w ? double(w[y]) : 1.0;
     const double zy = load1(x + y);  // read before an in-place gradient overwrites it
-    double lse, shift, inv_s = 1.0;
+    // log_s is kept apart from the max: m + log s rounds to m for huge logits, and
+    // (m - z_y) + log s does not.
+    double lse, shift, log_s = 0.0, inv_s = 1.0;
     RowStats st{};
     if (mode == CeMode::backward) {
       lse = shift = double(lse_out[i]);
@@ -443,14 +448,15 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
                                                               kNarrow<T> ? y : -1)
                   : online_stats<T, false, kSmooth, kWeighted>(x, C, w, nullptr, nullptr,
                                                                kNarrow<T> ? y : -1);
-      lse = st.m + __builtin_log(st.s);
+      log_s = __builtin_log(st.s);
+      lse = st.m + log_s;
       shift = st.m;
       inv_s = 1.0 / st.s;
-      double nll = lse - zy;
+      double nll = (st.m - zy) + log_s;
       if constexpr (kNarrow<T>) nll = nll_from_rest(st.rest, st.ey, nll);
       double loss = (1.0 - a.smoothing) * wy * nll;
       if constexpr (kSmooth) {
-        loss += a.smoothing / double(C) * (a.weight_total * (lse - st.m) - st.t);
+        loss += a.smoothing / double(C) * (a.weight_total * log_s - st.t);
       }
       a.row_loss[i] = loss;
       lse_out[i] = S(lse);
@@ -480,7 +486,8 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     } else {
       // The label's entry p_y * coef - label_coef cancels when p_y is near 1: recompute it in
       // double from the saved logit rather than from the rounded stored value.
-      g[y] = S(__builtin_exp(zy - lse) * c.p_coef - c.smooth_coef * wy - c.label_coef);
+      g[y] = S(__builtin_exp((zy - shift) - log_s) * c.p_coef - c.smooth_coef * wy -
+               c.label_coef);
     }
   }
 }
@@ -502,7 +509,7 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   S* lse_io = static_cast<S*>(a.lse);
   const S* w = weight_of<S>(a);
   alignas(64) S tile[kSmallClasses][W];
-  alignas(64) S m_l[W], s_l[W], t_l[W], lse_l[W], alpha_l[W], beta_l[W];
+  alignas(64) S m_l[W], s_l[W], t_l[W], log_s_l[W], alpha_l[W], beta_l[W];
   double label_grad[W];
   // 16-bit rows: the W rows converted a vector at a time through block_buf (as one block when
   // the rows are contiguous); per lane the label's exp (ey_l) and the others' (rest_l) kept
@@ -540,9 +547,12 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
         const V e = vexp(d);
         e.store(tile[j]);
         s = s + e;
-        if constexpr (kSmooth) t = kWeighted ? fmadd(V::set1(w[j]), d, t) : t + d;
+        if constexpr (kSmooth) {
+          const V scaled = d * V::set1(S(kSmoothSumScale));  // no float overflow near FLT_MAX
+          t = kWeighted ? fmadd(V::set1(w[j]), scaled, t) : t + scaled;
+        }
       }
-      (m + vlog(s)).store(lse_l);
+      vlog(s).store(log_s_l);  // kept apart from m: m + log s rounds to m for huge logits
       m.store(m_l);
       s.store(s_l);
       t.store(t_l);
@@ -579,11 +589,11 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       }
       const double wy = w ? double(w[y]) : 1.0;
       if (mode != CeMode::backward) {
-        const double lse = lse_l[l];
-        double nll = lse - double(load1(logits + row * a.logits_stride + y));
+        const double log_s = log_s_l[l], lse = double(m_l[l]) + log_s;
+        double nll = (double(m_l[l]) - double(load1(logits + row * a.logits_stride + y))) + log_s;
         if constexpr (kNarrow<T>) nll = ey_l[l] > 0 ? double(nll_l[l]) : nll;
         double loss = (1.0 - a.smoothing) * wy * nll;
-        if constexpr (kSmooth) loss += a.smoothing / double(C) * (a.weight_total * (lse - m_l[l]) - t_l[l]);
+        if constexpr (kSmooth) loss += a.smoothing / double(C) * (a.weight_total * log_s - double(t_l[l]) / kSmoothSumScale);
         a.row_loss[row] = loss;
         lse_io[row] = S(lse);
         if (mode == CeMode::forward) continue;

@@ -146,6 +146,8 @@ def make_problem(logits, labels, weight, ignore_index, label_smoothing, reductio
         ignore_index = operator.index(ignore_index)
     except TypeError:
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
     # inplace=True can only write to the caller's memory when x views it (not for a list).
     source = x if isinstance(logits, np.ndarray) or hasattr(logits, "__dlpack__") else None
     if classes > 1 and x.strides[-1] != x.itemsize:

@@ -105,7 +105,7 @@ def backward(problem: Problem, lse: np.ndarray, grad_scalar, grad_rows, grad_out
     keep = labels != problem.ignore_index
     target = np.where(keep, labels, 0)
     w = problem.weight if problem.weight is not None else np.ones(problem.classes)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         logp = problem.logits.astype(np.float64) - np.asarray(lse, dtype=np.float64)[:, None]
     scale = _row_scale(problem, grad_scalar, grad_rows, target, keep, w)
     grad_out[...] = _gradient(problem, logp, target, keep, w, scale)
