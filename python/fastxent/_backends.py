@@ -6,6 +6,7 @@ is installed, else numpy. Backends are imported on first use, so Numba is never 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 
 NAMES = ("cpp", "numba", "numpy")
