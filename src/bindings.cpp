@@ -148,7 +148,6 @@ void rowop(int op, const Matrix& x, OutMatrix out, int dtype_code) {
   a.x_stride = int64_t(x.stride(0));
   a.out = out.data();
   a.out_stride = int64_t(out.stride(0));
-  if (RowOp(op) == RowOp::logsumexp) a.out_stride = int64_t(out.stride(0));
   nb::gil_scoped_release release;
   run_rowop(a, RowOp(op));
 }

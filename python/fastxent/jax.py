@@ -46,9 +46,9 @@ import numpy as np
 
 import fastxent
 
-__all__ = ["cross_entropy"]
+from ._checks import check_reduction, check_smoothing
 
-_REDUCTIONS = ("mean", "sum", "none")
+__all__ = ["cross_entropy"]
 
 
 class _Options(NamedTuple):
@@ -130,11 +130,7 @@ def _static_options(ignore_index, label_smoothing, reduction):
         raise TypeError(
             f"label_smoothing must be a static Python float, got {label_smoothing!r}"
         ) from None
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    return _Options(ignore_index, label_smoothing, reduction)
+    return _Options(ignore_index, check_smoothing(label_smoothing), check_reduction(reduction))
 
 
 def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,

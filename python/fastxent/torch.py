@@ -82,9 +82,10 @@ import numpy as np
 
 import fastxent
 
+from ._checks import check_reduction
+
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
-_REDUCTIONS = ("mean", "sum", "none")
 try:
     import ml_dtypes
 except ImportError:  # pragma: no cover - ml_dtypes comes with JAX and the test extras
@@ -384,8 +385,7 @@ def _check_args(input, target, weight, reduction):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    check_reduction(reduction)
     if input.dtype not in _NATIVE + _UPCAST:
         raise TypeError(f"input must be a floating-point tensor (float32/float64, or "
                         f"float16/bfloat16 computed in float32), got {input.dtype}")
@@ -490,8 +490,7 @@ class CrossEntropyLoss(torch.nn.Module):
     def __init__(self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                  grad_in_forward=False, inplace=False):
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        check_reduction(reduction)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
