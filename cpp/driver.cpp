@@ -81,6 +81,16 @@ void with_storage_type(DType d, F&& f) {
   }
 }
 
+// Accuracy on the split path: no logit before the label's reaches the row's max m (the label's
+// logit equals m). The row is read before any gradient is written over it.
+bool first_max_is(const CeArgs& a, int64_t i, int64_t y, double m) {
+  bool first = true;
+  with_storage_type(a.dtype, [&](auto tag) {
+    for (int64_t j = 0; j < y && first; ++j) first = logit_at<decltype(tag)>(a, i, j) < m;
+  });
+  return first;
+}
+
 // Few, long rows: each row's classes are cut into slices; threads compute per-slice
 // (max, sum) pairs, the pairs are merged here, then threads write the gradient slices.
 void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int threads) {
@@ -98,7 +108,8 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
   std::vector<RowStats> parts(size_t(N * slices));
   const size_t rows = static_cast<size_t>(N);
   std::vector<double> shift(rows), alpha(rows), beta(rows), label_grad(rows);
-  std::vector<double> rest(narrow ? rows : 0), ey(narrow ? rows : 0), label_coefs(narrow ? rows : 0);
+  std::vector<double> rest(narrow ? rows : 0), ey(narrow ? rows : 0), label_coefs(narrow ? rows : 0),
+      z_coefs(narrow ? rows : 0);
   if (mode != CeMode::backward) {
     parallel_run(N * slices, [&](int64_t task) {
       const int64_t i = task / slices, k = task % slices;
@@ -112,6 +123,8 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
       if (mode != CeMode::backward) {
         a.row_loss[i] = 0.0;
         if (lse_f64) static_cast<double*>(a.lse)[i] = 0.0; else static_cast<float*>(a.lse)[i] = 0.f;
+        if (a.row_z) a.row_z[i] = 0.0;
+        if (a.correct) a.correct[i] = 0;
       }
       continue;
     }
@@ -156,12 +169,18 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
       if (smoothing) loss += a.smoothing / double(C) * (a.weight_total * log_s - t);
       a.row_loss[i] = loss;
       if (lse_f64) static_cast<double*>(a.lse)[i] = lse; else static_cast<float*>(a.lse)[i] = float(lse);
+      if (a.row_z) a.row_z[i] = a.z_loss * lse * lse;
+      if (a.correct) a.correct[i] = !nan && s == s && zy == m && first_max_is(a, i, y, m);
     }
     if (mode == CeMode::forward) continue;
     const double g = a.grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0);
     const double label_coef = g * (1.0 - a.smoothing) * wy;
     const double smooth_coef = g * a.smoothing / double(C);
-    const double p_coef = label_coef + smooth_coef * a.weight_total;
+    // The z-loss term's 2 z_loss lse p_j (kernel_body.h's z_loss_coef).
+    const double z_coef = a.z_loss == 0.0 ? 0.0
+        : a.z_grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0) * 2.0 * a.z_loss * lse;
+    const double p_coef = label_coef + smooth_coef * a.weight_total + z_coef;
+    if (narrow) z_coefs[size_t(i)] = z_coef;
     alpha[size_t(i)] = p_coef * inv_s;
     beta[size_t(i)] = smooth_coef;
     label_grad[size_t(i)] = std::exp((zy - shift[size_t(i)]) - log_s) * p_coef - smooth_coef * wy - label_coef;
@@ -191,7 +210,8 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
         for (int64_t k = 0; k < slices; ++k) rest[r] += slice_rest[size_t(i * slices + k)];
       }
       const double wy = w ? w[y] : 1.0, s = rest[r] + ey[r];
-      label_grad[r] = -label_coefs[r] * (rest[r] / s) + beta[r] * (a.weight_total * (ey[r] / s) - wy);
+      label_grad[r] = -label_coefs[r] * (rest[r] / s) + beta[r] * (a.weight_total * (ey[r] / s) - wy) +
+                      z_coefs[r] * (ey[r] / s);
     }
   }
   for (int64_t i = 0; i < N; ++i) {
@@ -246,7 +266,9 @@ void run_cross_entropy(const CeArgs& a, CeMode mode) {
     ce_rows(table, a, mode, 0, a.rows);
     return;
   }
-  if (a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
+  // (Soft-capped logits and probability targets run whole rows: the split merge knows neither.)
+  const bool splittable = a.softcap == 0.0 && a.targets == nullptr;
+  if (splittable && a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
     split_rows(table, a, mode, threads);
     return;
   }

@@ -13,6 +13,7 @@ namespace isa_avx2 {
 #include "simd/vec_avx2.h"
 #include "vexp.h"
 #include "vlog.h"
+#include "vtanh.h"
 #include "kernel_body.h"
 
 }  // namespace isa_avx2

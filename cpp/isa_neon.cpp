@@ -13,6 +13,7 @@ namespace isa_neon {
 #include "simd/vec_neon.h"
 #include "vexp.h"
 #include "vlog.h"
+#include "vtanh.h"
 #include "kernel_body.h"
 
 }  // namespace isa_neon

@@ -13,6 +13,7 @@ using VecF = Vec1<float>;
 using VecD = Vec1<double>;
 #include "vexp.h"
 #include "vlog.h"
+#include "vtanh.h"
 #include "kernel_body.h"
 
 }  // namespace isa_scalar

@@ -50,6 +50,8 @@ constexpr int64_t kCachedRowBytes = 384 * 1024;
 // which keeps a 128k-class row accurate to float32 rounding.
 constexpr int64_t kBlock = 1024;
 constexpr double kSmoothSumScale = 5.421010862427522e-20;  // 2^-64
+// Below this magnitude a class weight counts as 0 (the smallest positive subnormal float).
+constexpr double kTinyWeight = 1.401298464324817e-45;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -155,7 +157,9 @@ inline BlockSums exp_block(const T* x, compute_t<T>* out, int64_t n, compute_t<T
       const VV scaled = shifted * VV::set1(S(kSmoothSumScale));
       if constexpr (kWeighted) {
         VV wj = VV::load(w + j);
-        acc_t.add(wj * scaled, k);
+        // A class of weight (or target) 0 counts 0, also at a -inf logit (0 * -inf is NaN).
+        const VV zero = VV::set1(S(0));
+        acc_t.add(zero_below(vmax(wj, zero - wj), VV::set1(S(kTinyWeight)), wj * scaled), k);
         acc_w.add(wj, k);
       } else {
         acc_t.add(scaled, k);
@@ -187,6 +191,28 @@ inline void scale_row(const compute_t<T>* in, T* out, int64_t n, compute_t<T> al
   });
 }
 
+// Where a row's first maximum is, for accuracy: the block of the first maximum (blocks are
+// scanned in order and only a strictly larger block maximum moves it) and, in the label's
+// block, the first index that equals that block's maximum.
+struct ArgmaxProbe {
+  int64_t label;
+  int64_t first_max_block = 0;
+  int64_t first_max_in_label_block = -1;
+};
+
+template <class T>
+inline int64_t first_equal(const T* x, int64_t n, double value) {
+  for (int64_t j = 0; j < n; ++j)
+    if (double(load1(x + j)) == value) return j;
+  return n;
+}
+
+// The label's logit is the first maximum of the row (and the row has no NaN).
+inline bool label_is_argmax(const ArgmaxProbe& probe, const RowStats& st, double zy) {
+  return zy == st.m && st.s == st.s && probe.first_max_block == probe.label / kBlock &&
+         probe.first_max_in_label_block == probe.label;
+}
+
 // Max, sum of exp and smoothing sums of a row (or slice) in one read: the max is updated per
 // block and the running sums are rescaled when it grows. A block of -inf before any finite
 // value is skipped, so -inf - -inf never happens. With kStore the exp values go to out,
@@ -195,7 +221,7 @@ inline void scale_row(const compute_t<T>* in, T* out, int64_t n, compute_t<T> al
 template <class T, bool kStore, bool kSmooth, bool kWeighted>
 inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
                              compute_t<T>* out = nullptr, double* block_shift = nullptr,
-                             int64_t skip = -1) {
+                             int64_t skip = -1, ArgmaxProbe* probe = nullptr) {
   using S = compute_t<T>;
   RowStats st{-kInf, 0.0, 0.0, 0.0, false};
   for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
@@ -203,6 +229,11 @@ inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
     const T* xb = x + c0;
     const S* wb = kWeighted ? w + c0 : nullptr;
     const double bm = max_of(xb, len);
+    if (probe) {
+      if (bm > st.m) probe->first_max_block = k;
+      if (probe->label >= c0 && probe->label < c0 + len)
+        probe->first_max_in_label_block = c0 + first_equal(xb, len, bm);
+    }
     if (bm > st.m) {
       if (st.s != 0) {
         const double rescale = __builtin_exp(st.m - bm);
@@ -379,9 +410,9 @@ inline double write_grad_sum(const T* x, T* out, int64_t n, compute_t<T> shift, 
 // (no cancellation near p_y = 1), plus the smoothing term eps/C g (W p_y - w_y). Dividing by
 // s = rest + ey also renormalises p when shift is a float-rounded lse (backward).
 inline double label_grad_from_rest(double rest, double ey, double label_coef, double smooth_coef,
-                                   double weight_total, double wy) {
+                                   double weight_total, double wy, double z_coef) {
   const double s = rest + ey;
-  return -label_coef * (rest / s) + smooth_coef * (weight_total * (ey / s) - wy);
+  return -label_coef * (rest / s) + smooth_coef * (weight_total * (ey / s) - wy) + z_coef * (ey / s);
 }
 
 // -log p_y = lse - z_y = log1p(rest / ey): exact for confident rows, where lse - z_y cancels.
@@ -399,15 +430,30 @@ inline const S* weight_of(const CeArgs& a) {
 }
 
 // Per-row coefficients of the gradient: grad_j = p_j * p_coef - smooth_coef * w_j - label_coef [j == y].
+// p_coef includes z_coef, the z-loss term's 2 z_loss lse (times its scale).
 struct GradCoefs {
-  double p_coef, smooth_coef, label_coef;
+  double p_coef, smooth_coef, label_coef, z_coef;
 };
 
-inline GradCoefs grad_coefs(const CeArgs& a, int64_t i, double wy) {
+inline double z_loss_coef(const CeArgs& a, int64_t i, double lse) {
+  if (a.z_loss == 0.0) return 0.0;
+  return a.z_grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0) * 2.0 * a.z_loss * lse;
+}
+
+inline GradCoefs grad_coefs(const CeArgs& a, int64_t i, double wy, double lse) {
   const double g = a.grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0);
   const double label_coef = g * (1.0 - a.smoothing) * wy;
   const double smooth_coef = g * a.smoothing / double(a.classes);
-  return {label_coef + smooth_coef * a.weight_total, smooth_coef, label_coef};
+  const double z_coef = z_loss_coef(a, i, lse);
+  return {label_coef + smooth_coef * a.weight_total + z_coef, smooth_coef, label_coef, z_coef};
+}
+
+// The per-row outputs of a forward pass besides the loss: lse, the z-loss term, accuracy.
+template <class S>
+inline void store_row_outputs(const CeArgs& a, int64_t i, double lse, bool correct) {
+  static_cast<S*>(a.lse)[i] = S(lse);
+  if (a.row_z) a.row_z[i] = a.z_loss * lse * lse;
+  if (a.correct) a.correct[i] = correct;
 }
 
 template <class T, bool kSmooth, bool kWeighted>
@@ -429,7 +475,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     if (y == a.ignore_index) {
       if (mode != CeMode::backward) {
         a.row_loss[i] = 0.0;
-        lse_out[i] = S(0);
+        store_row_outputs<S>(a, i, 0.0, false);
       }
       if (mode != CeMode::forward) fill_zero(g, C);
       continue;
@@ -444,10 +490,12 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       lse = shift = double(lse_out[i]);
     } else {
       // 16-bit rows keep the label's exp apart (skip = y): see label_grad_from_rest.
+      ArgmaxProbe probe{y};
+      ArgmaxProbe* want_probe = a.correct ? &probe : nullptr;
       st = cached ? online_stats<T, true, kSmooth, kWeighted>(x, C, w, exp_row.row(g), block_shift,
-                                                              kNarrow<T> ? y : -1)
+                                                              kNarrow<T> ? y : -1, want_probe)
                   : online_stats<T, false, kSmooth, kWeighted>(x, C, w, nullptr, nullptr,
-                                                               kNarrow<T> ? y : -1);
+                                                               kNarrow<T> ? y : -1, want_probe);
       log_s = __builtin_log(st.s);
       lse = st.m + log_s;
       shift = st.m;
@@ -459,10 +507,10 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
         loss += a.smoothing / double(C) * (a.weight_total * log_s - st.t);
       }
       a.row_loss[i] = loss;
-      lse_out[i] = S(lse);
+      store_row_outputs<S>(a, i, lse, want_probe && label_is_argmax(probe, st, zy));
       if (mode == CeMode::forward) continue;
     }
-    const GradCoefs c = grad_coefs(a, i, wy);
+    const GradCoefs c = grad_coefs(a, i, wy, lse);
     if constexpr (kNarrow<T>) {
       if (mode == CeMode::backward) {
         // The other classes' exp(z - lse) summed on the way (the label's entry is skipped).
@@ -482,7 +530,8 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     }
     if constexpr (kNarrow<T>) {
       g[y] = narrow_from_double<T>(label_grad_from_rest(st.rest, st.ey, c.label_coef,
-                                                        c.smooth_coef, a.weight_total, wy));
+                                                        c.smooth_coef, a.weight_total, wy,
+                                                        c.z_coef));
     } else {
       // The label's entry p_y * coef - label_coef cancels when p_y is near 1: recompute it in
       // double from the saved logit rather than from the rounded stored value.
@@ -598,14 +647,14 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
         lse_io[row] = S(lse);
         if (mode == CeMode::forward) continue;
       }
-      const GradCoefs c = grad_coefs(a, row, wy);
+      const GradCoefs c = grad_coefs(a, row, wy, 0.0);  // (no z-loss on this path)
       // In backward the tile already holds p; in the fused pass it holds exp(z - m) = p * s.
       const double alpha = mode == CeMode::backward ? c.p_coef : c.p_coef / double(s_l[l]);
       alpha_l[l] = S(alpha);
       beta_l[l] = S(c.smooth_coef);
       if constexpr (kNarrow<T>) {
         label_grad[l] = label_grad_from_rest(rest_l[l], ey_l[l], c.label_coef, c.smooth_coef,
-                                             a.weight_total, wy);
+                                             a.weight_total, wy, 0.0);
       } else {
         label_grad[l] = double(tile[y][l]) * alpha - c.smooth_coef * wy - c.label_coef;
       }
@@ -648,9 +697,71 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   if (i < r1) ce_rows<T, kSmooth, kWeighted>(a, i, r1, mode);
 }
 
+// Probability targets: per row, q_j = w_j ((1 - eps) t_j + eps / C) is built in a scratch row and
+// plays the part of the smoothing weights in online_stats: wsum = sum q = A and
+// t = sum q_j (z_j - m), so loss = A log s - t, and grad_j = g (p_j A - q_j) (+ the z-loss term).
+template <class T, bool kWeighted>
+void ce_soft_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  using S = compute_t<T>;
+  using size = decltype(sizeof(S));
+  const int64_t C = a.classes;
+  const T* logits = static_cast<const T*>(a.logits);
+  const S* targets = static_cast<const S*>(a.targets);
+  T* grad = static_cast<T*>(a.grad);
+  S* lse_io = static_cast<S*>(a.lse);
+  const S* w = weight_of<S>(a);
+  S* q = static_cast<S*>(__builtin_malloc(sizeof(S) * size(C)));
+  const bool want_cache = mode == CeMode::fused && row_fits_cache<T>(C);
+  const ExpRow<T> exp_row(want_cache ? C : 0);
+  const bool cached = want_cache && exp_row.ok();
+  double block_shift[kMaxCachedBlocks];
+  const S keep = S(1.0 - a.smoothing), spread = S(a.smoothing / double(C));
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* x = logits + i * a.logits_stride;
+    T* g = grad ? grad + i * a.grad_stride : nullptr;
+    const S* t = targets + i * a.targets_stride;
+    if (q == nullptr) {  // out of memory: a NaN loss rather than a wrong one
+      if (mode != CeMode::backward) a.row_loss[i] = __builtin_nan("");
+      continue;
+    }
+    Accum<S> target_sum;
+    for_each_vector<S>(C, [&](auto v, int64_t j, int k) {
+      using VV = decltype(v);
+      VV qj = fmadd(VV::load(t + j), VV::set1(keep), VV::set1(spread));
+      if constexpr (kWeighted) qj = qj * VV::load(w + j);
+      qj.store(q + j);
+      target_sum.add(qj, k);
+    });
+    double lse, shift, inv_s = 1.0, total = target_sum.total();
+    if (mode == CeMode::backward) {
+      lse = shift = double(lse_io[i]);
+    } else {
+      const RowStats st = cached ? online_stats<T, true, true, true>(x, C, q, exp_row.row(g), block_shift)
+                                 : online_stats<T, false, true, true>(x, C, q);
+      const double log_s = __builtin_log(st.s);
+      lse = st.m + log_s;
+      shift = st.m;
+      inv_s = 1.0 / st.s;
+      a.row_loss[i] = st.wsum * log_s - st.t;
+      store_row_outputs<S>(a, i, lse, false);
+      if (mode == CeMode::forward) continue;
+    }
+    const double gi = a.grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0);
+    const double alpha = (gi * total + z_loss_coef(a, i, lse)) * inv_s;
+    if (cached) {
+      scale_blocks<T, true, true>(exp_row.row(g), g, C, block_shift, shift, alpha, S(gi), q);
+    } else {
+      write_grad<T, true, true>(x, g, C, S(shift), S(alpha), S(gi), q);
+    }
+  }
+  __builtin_free(q);
+}
+
 template <class T, bool kSmooth, bool kWeighted>
 void ce_rows_any(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
-  if (VecFor<compute_t<T>>::type::width > 1 && a.classes <= kSmallClasses) {
+  // The rows-per-lane path has no z-loss or accuracy outputs.
+  const bool plain = a.z_loss == 0.0 && a.correct == nullptr;
+  if (VecFor<compute_t<T>>::type::width > 1 && a.classes <= kSmallClasses && plain) {
     ce_small_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
   } else {
     ce_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
@@ -658,14 +769,106 @@ void ce_rows_any(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
 }
 
 template <class T>
-void ce_rows_dispatch(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+void ce_uncapped_dispatch(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   const bool weighted = weight_of<compute_t<T>>(a) != nullptr;
-  if (a.smoothing == 0.0) {
+  if (a.targets) {
+    if (weighted) {
+      ce_soft_rows<T, true>(a, r0, r1, mode);
+    } else {
+      ce_soft_rows<T, false>(a, r0, r1, mode);
+    }
+  } else if (a.smoothing == 0.0) {
     ce_rows_any<T, false, false>(a, r0, r1, mode);
   } else if (weighted) {
     ce_rows_any<T, true, true>(a, r0, r1, mode);
   } else {
     ce_rows_any<T, true, false>(a, r0, r1, mode);
+  }
+}
+
+// Soft-capped logits: a chunk of rows at a time is capped into a scratch block of the compute
+// type S (never rounded to 16 bits), the uncapped kernels run on that block, and the gradient is
+// multiplied by d cap / d x = 1 - tanh^2 = (1 - t)(1 + t), t = capped / softcap, on the way out.
+constexpr int64_t kCappedChunkBytes = 256 * 1024;
+
+template <class S>
+constexpr DType dtype_of() {
+  return sizeof(S) == 8 ? DType::f64 : DType::f32;
+}
+
+template <class T>
+void ce_capped_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  using S = compute_t<T>;
+  using size = decltype(sizeof(S));
+  const int64_t C = a.classes;
+  int64_t chunk = kCappedChunkBytes / (C * int64_t(sizeof(S)));
+  chunk = chunk < 1 ? 1 : min64(chunk, r1 - r0);
+  const bool grads = mode != CeMode::forward;
+  S* capped = static_cast<S*>(__builtin_malloc(sizeof(S) * size(chunk * C)));
+  // 16-bit rows: the gradient of the capped logits in S first, rounded once at the end.
+  S* grad_s = kNarrow<T> && grads ? static_cast<S*>(__builtin_malloc(sizeof(S) * size(chunk * C))) : nullptr;
+  if (capped == nullptr || (kNarrow<T> && grads && grad_s == nullptr)) {
+    for (int64_t i = r0; i < r1 && mode != CeMode::backward; ++i) a.row_loss[i] = __builtin_nan("");
+    __builtin_free(capped);
+    __builtin_free(grad_s);
+    return;
+  }
+  const S cap = S(a.softcap), inv_cap = S(1.0 / a.softcap);
+  for (int64_t i0 = r0; i0 < r1; i0 += chunk) {
+    const int64_t n = min64(chunk, r1 - i0);
+    for (int64_t r = 0; r < n; ++r) {
+      const T* x = static_cast<const T*>(a.logits) + (i0 + r) * a.logits_stride;
+      S* z = capped + r * C;
+      for_each_vector<S>(C, [&](auto v, int64_t j, int) {
+        using VV = decltype(v);
+        (vtanh(VV::load(x + j) * VV::set1(inv_cap)) * VV::set1(cap)).store(z + j);
+      });
+    }
+    CeArgs b = a;
+    b.dtype = dtype_of<S>();
+    b.softcap = 0;
+    b.rows = n;
+    b.logits = capped;
+    b.logits_stride = C;
+    if (a.labels) b.labels = a.labels + i0;
+    if (a.targets) b.targets = static_cast<const S*>(a.targets) + i0 * a.targets_stride;
+    if (a.grad_rows) b.grad_rows = a.grad_rows + i0;
+    if (a.row_loss) b.row_loss = a.row_loss + i0;
+    if (a.row_z) b.row_z = a.row_z + i0;
+    if (a.correct) b.correct = a.correct + i0;
+    b.lse = static_cast<S*>(a.lse) + i0;
+    T* g0 = grads ? static_cast<T*>(a.grad) + i0 * a.grad_stride : nullptr;
+    if (grads) {
+      if constexpr (kNarrow<T>) {
+        b.grad = grad_s;
+        b.grad_stride = C;
+      } else {
+        b.grad = g0;
+      }
+    }
+    ce_uncapped_dispatch<S>(b, 0, n, mode);
+    if (!grads) continue;
+    for (int64_t r = 0; r < n; ++r) {
+      const S* z = capped + r * C;
+      const S* from = kNarrow<T> ? grad_s + r * C : reinterpret_cast<const S*>(g0 + r * a.grad_stride);
+      T* to = g0 + r * a.grad_stride;
+      for_each_vector<S>(C, [&](auto v, int64_t j, int) {
+        using VV = decltype(v);
+        const VV t = VV::load(z + j) * VV::set1(inv_cap), one = VV::set1(S(1));
+        (VV::load(from + j) * ((one - t) * (one + t))).store(to + j);
+      });
+    }
+  }
+  __builtin_free(capped);
+  __builtin_free(grad_s);
+}
+
+template <class T>
+void ce_rows_dispatch(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  if (a.softcap != 0.0) {
+    ce_capped_rows<T>(a, r0, r1, mode);
+  } else {
+    ce_uncapped_dispatch<T>(a, r0, r1, mode);
   }
 }
 

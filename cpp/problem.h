@@ -17,9 +17,13 @@ struct BFloat16 {
 };
 
 // Softmax cross-entropy over `rows` rows of `classes` logits. Strides count elements.
-// Per row i with label y (not ignored), eps = smoothing, w = weight (ones if null):
+// Per row i with label y (not ignored), eps = smoothing, w = weight (ones if null), logits z
+// (x, or softcap * tanh(x / softcap) with softcap):
 //   loss_i = (1-eps) w_y (lse - z_y) + eps/C * sum_j w_j (lse - z_j)
-//   grad_ij = g_i * d loss_i / d z_ij,  g_i = grad_scale * (grad_rows ? grad_rows[i] : 1)
+//   grad_ij = g_i * d loss_i / d x_ij + gz_i * d (z_loss lse_i^2) / d x_ij
+//   g_i = grad_scale * (grad_rows ? grad_rows[i] : 1), gz_i likewise with z_grad_scale
+// With probability targets t (targets non-null, no labels), q_j = w_j ((1-eps) t_j + eps/C):
+//   loss_i = sum_j q_j (lse - z_j) (a term with q_j = 0 counts 0)
 struct CeArgs {
   DType dtype = DType::f32;
   int64_t rows = 0, classes = 0;
@@ -37,6 +41,14 @@ struct CeArgs {
   void* lse = nullptr;         // out (forward) or in (backward): double for f64, else float
   void* grad = nullptr;        // out: same dtype as logits, may alias logits exactly
   int64_t grad_stride = 0;
+  // Probability targets, rows of the compute type (double for f64 rows, else float).
+  const void* targets = nullptr;
+  int64_t targets_stride = 0;
+  double z_loss = 0;           // PaLM's z-loss coefficient; 0 = off
+  double z_grad_scale = 0;     // as grad_scale, for the z-loss term (its own "mean" divisor)
+  double* row_z = nullptr;     // out (forward), per row: z_loss * lse^2 (0 for ignored rows)
+  uint8_t* correct = nullptr;  // out (forward), per row: 1 when the first argmax is the label
+  double softcap = 0;          // 0 = off
 };
 
 // Partial statistics of a slice of one row, merged when a long row is split across threads.

@@ -22,6 +22,8 @@ using Matrix = nb::ndarray<nb::ro, nb::ndim<2>, nb::device::cpu>;
 using Vector = nb::ndarray<nb::ro, nb::ndim<1>, nb::device::cpu>;
 using DoubleVector = nb::ndarray<nb::ro, double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using OutMatrix = nb::ndarray<nb::ndim<2>, nb::device::cpu>;
+using OutDoubles = nb::ndarray<double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using OutFlags = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 namespace {
 
@@ -74,13 +76,26 @@ IntType int_type(const nb::dlpack::dtype& dt) {
 
 enum Reduction { kNone = 0, kMean = 1, kSum = 2 };
 
-// One cross-entropy call. Returns the reduced loss (mean/sum) or NaN for "none" (the per-row
-// losses are then in row_loss). lse is written by forward/fused and read by backward.
+// Options beyond torch's cross_entropy: probability targets (rows in the compute type, replacing
+// labels), z-loss, soft-capping; per-row outputs of the z-loss term and of accuracy.
+struct Extras {
+  std::optional<Matrix> targets;
+  double z_loss = 0, softcap = 0;
+  std::optional<OutDoubles> row_z;
+  std::optional<OutFlags> correct;
+};
+
+// One cross-entropy call. Returns the reduced loss (mean/sum; with the z-loss term) or NaN for
+// "none" (the per-row losses, z-loss included, are then in row_loss). lse is written by
+// forward/fused and read by backward. labels is ignored when extras.targets is given.
 double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
                      std::optional<DoubleVector> weight, int64_t ignore_index, double smoothing,
                      int reduction, double grad_output, std::optional<DoubleVector> grad_rows,
-                     const Vector& lse, std::optional<nb::ndarray<double, nb::ndim<1>, nb::c_contig>> row_loss,
-                     std::optional<OutMatrix> grad, int dtype_code) {
+                     const Vector& lse, std::optional<OutDoubles> row_loss,
+                     std::optional<OutMatrix> grad, int dtype_code, std::optional<Matrix> targets,
+                     double z_loss, double softcap, std::optional<OutDoubles> row_z,
+                     std::optional<OutFlags> correct) {
+  const Extras extras{targets, z_loss, softcap, row_z, correct};
   const CeMode mode = CeMode(mode_code);
   CeArgs a;
   a.dtype = float_dtype(logits.dtype(), dtype_code, "logits");
@@ -94,10 +109,41 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   a.ignore_index = ignore_index;
   a.smoothing = smoothing;
 
-  std::vector<int64_t> labels64(size_t(a.rows));
-  read_labels(labels.data(), int_type(labels.dtype()), a.rows, int64_t(labels.stride(0)), a.classes,
-              ignore_index, labels64.data());
-  a.labels = labels64.data();
+  std::vector<int64_t> labels64;
+  if (extras.targets) {
+    const Matrix& t = *extras.targets;
+    check_same_storage(t.dtype(), a.dtype == DType::f64 ? DType::f64 : DType::f32, "targets");
+    if (int64_t(t.shape(0)) != a.rows || int64_t(t.shape(1)) != a.classes || (a.classes > 1 && t.stride(1) != 1)) {
+      throw nb::value_error("targets must be (rows, classes) with a contiguous class axis");
+    }
+    a.targets = t.data();
+    a.targets_stride = a.rows > 1 ? int64_t(t.stride(0)) : a.classes;
+  } else {
+    labels64.resize(size_t(a.rows));
+    read_labels(labels.data(), int_type(labels.dtype()), a.rows, int64_t(labels.stride(0)), a.classes,
+                ignore_index, labels64.data());
+    a.labels = labels64.data();
+  }
+  a.z_loss = extras.z_loss;
+  a.softcap = extras.softcap;
+  auto check_rows = [&](size_t n, const char* name) {
+    if (int64_t(n) != a.rows) throw nb::value_error((std::string(name) + " must have one entry per row").c_str());
+  };
+  std::vector<double> own_row_z;
+  if (a.z_loss != 0.0 && mode != CeMode::backward) {
+    if (extras.row_z) {
+      check_rows(extras.row_z->shape(0), "row_z");
+      a.row_z = extras.row_z->data();
+    } else {
+      own_row_z.resize(size_t(a.rows));
+      a.row_z = own_row_z.data();
+    }
+  }
+  if (extras.correct && mode != CeMode::backward) {
+    if (a.targets) throw nb::value_error("accuracy needs class-index labels");
+    check_rows(extras.correct->shape(0), "correct");
+    a.correct = extras.correct->data();
+  }
 
   std::vector<float> weight32;
   const double* w = weight ? weight->data() : nullptr;
@@ -110,8 +156,15 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   } else {
     a.weight_total = double(a.classes);
   }
-  const double denom = reduction == kMean ? target_weight_sum(a.labels, a.rows, ignore_index, w) : 1.0;
-  a.grad_scale = reduction == kMean ? grad_output / denom : grad_output;
+  // "mean" divides the cross-entropy by the summed target weight (the row count for probability
+  // targets) and the z-loss term by the number of rows not ignored.
+  double denom = 1.0, z_denom = 1.0;
+  if (reduction == kMean) {
+    denom = a.targets ? double(a.rows) : target_weight_sum(a.labels, a.rows, ignore_index, w);
+    z_denom = a.targets ? double(a.rows) : target_weight_sum(a.labels, a.rows, ignore_index, nullptr);
+  }
+  a.grad_scale = grad_output / denom;
+  a.z_grad_scale = grad_output / z_denom;
   a.grad_rows = grad_rows ? grad_rows->data() : nullptr;
   a.lse = const_cast<void*>(lse.data());
 
@@ -132,10 +185,15 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
     nb::gil_scoped_release release;
     run_cross_entropy(a, mode);
   }
-  if (mode == CeMode::backward || reduction == kNone) return NAN;
-  double total = 0;
+  if (mode == CeMode::backward) return NAN;
+  if (reduction == kNone) {
+    if (a.row_z) for (int64_t i = 0; i < a.rows; ++i) a.row_loss[i] += a.row_z[i];
+    return NAN;
+  }
+  double total = 0, z_total = 0;
   for (int64_t i = 0; i < a.rows; ++i) total += a.row_loss[i];
-  return reduction == kMean ? total / denom : total;
+  if (a.row_z) for (int64_t i = 0; i < a.rows; ++i) z_total += a.row_z[i];
+  return total / denom + (a.row_z ? z_total / z_denom : 0.0);
 }
 
 void rowop(int op, const Matrix& x, OutMatrix out, int dtype_code) {
@@ -162,7 +220,8 @@ std::vector<std::string> isas() {
 
 NB_MODULE(_core, m) {
   m.doc() = "fastxent's compiled kernels (private: use the fastxent package)";
-  m.def("cross_entropy", &cross_entropy);  // the last argument: dtype code (-1: from the array)
+  // The dtype code argument: -1 reads the dtype from the array.
+  m.def("cross_entropy", &cross_entropy);
   m.def("rowop", &rowop);
   m.def("isa", [] { return std::string(active_table().isa); });
   m.def("isas", &isas);

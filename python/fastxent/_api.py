@@ -20,26 +20,54 @@ def _lse_result(problem, lse):
     return np.asarray(lse, dtype=lse_dtype(problem.logits.dtype)).reshape(problem.shape[:-1])
 
 
-def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                  reduction="mean", backend="auto"):
-    """Softmax cross-entropy of `logits` (..., C) against integer `labels` (...).
+def _extras(problem, z_term, accuracy, return_z_loss, return_accuracy):
+    """The optional results, in the documented order: z-loss term, then accuracy."""
+    extra = ()
+    if return_z_loss:
+        extra += (_loss_result(problem, z_term),)
+    if return_accuracy:
+        extra += (np.float64(accuracy),)
+    return extra
 
-    Same definition and defaults as torch.nn.functional.cross_entropy with class-index
-    targets. Returns a NumPy scalar for "mean"/"sum" and an array of shape (...) for "none".
+
+def _check_accuracy_request(problem, return_accuracy):
+    if return_accuracy and problem.soft:
+        raise ValueError("return_accuracy needs class-index labels, not probability targets")
+
+
+def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  reduction="mean", z_loss=0.0, softcap=None, return_z_loss=False,
+                  return_accuracy=False, backend="auto"):
+    """Softmax cross-entropy of `logits` (..., C) against `labels`: class indices (...) of an
+    integer dtype, or class probabilities (..., C) of a float dtype.
+
+    Same definition and defaults as torch.nn.functional.cross_entropy, plus z_loss (adds
+    z_loss * lse**2 per row) and softcap (logits pass through softcap * tanh(x / softcap)).
+    Returns a NumPy scalar for "mean"/"sum" and an array of shape (...) for "none"; with
+    return_z_loss / return_accuracy, a tuple (loss[, z_loss term][, accuracy]).
     """
-    problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction)
-    loss, _ = _backends.get(backend).forward(problem)
-    return _loss_result(problem, loss)
+    problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
+                           z_loss, softcap)
+    _check_accuracy_request(problem, return_accuracy)
+    loss, _, z_term, accuracy = _backends.get(backend).forward(problem, return_accuracy)
+    result = _loss_result(problem, loss)
+    extra = _extras(problem, z_term, accuracy, return_z_loss, return_accuracy)
+    return (result, *extra) if extra else result
 
 
 def cross_entropy_forward(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                          reduction="mean", backend="auto"):
-    """(loss, lse): the loss as cross_entropy gives it and the per-row log-sum-exp (...) to pass
-    to cross_entropy_backward. lse is float64 for float64 logits, else float32 (for float16
-    and bfloat16 logits too); it is 0 on ignored rows (not computed)."""
-    problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction)
-    loss, lse = _backends.get(backend).forward(problem)
-    return _loss_result(problem, loss), _lse_result(problem, lse)
+                          reduction="mean", z_loss=0.0, softcap=None, return_z_loss=False,
+                          return_accuracy=False, backend="auto"):
+    """(loss, lse[, z_loss term][, accuracy]): the loss as cross_entropy gives it and the per-row
+    log-sum-exp (...) to pass to cross_entropy_backward. lse is float64 for float64 logits, else
+    float32 (for float16 and bfloat16 logits too); it is 0 on ignored rows (not computed).
+    With softcap it is the log-sum-exp of the capped logits."""
+    problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
+                           z_loss, softcap)
+    _check_accuracy_request(problem, return_accuracy)
+    loss, lse, z_term, accuracy = _backends.get(backend).forward(problem, return_accuracy)
+    extra = _extras(problem, z_term, accuracy, return_z_loss, return_accuracy)
+    return (_loss_result(problem, loss), _lse_result(problem, lse), *extra)
 
 
 def _gradient_target(problem, out, inplace):
@@ -50,31 +78,46 @@ def _gradient_target(problem, out, inplace):
     return target, view
 
 
+def _run_writing_gradient(impl, problem, view, inplace, run):
+    """run(buffer) with the gradient going to view. Only the compiled kernels read and write each
+    row in one pass; other backends need the logits intact until the gradient is complete, so
+    with inplace=True they write a temporary first."""
+    if inplace and impl.name != "cpp":
+        scratch = np.empty_like(problem.logits)
+        result = run(scratch)
+        view[...] = scratch
+        return result
+    return run(view)
+
+
 def cross_entropy_with_grad(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                            reduction="mean", grad_output=1.0, out=None, inplace=False,
+                            reduction="mean", z_loss=0.0, softcap=None, grad_output=1.0, out=None,
+                            inplace=False, return_z_loss=False, return_accuracy=False,
                             backend="auto"):
-    """(loss, grad) in one fused pass: grad = d(loss * grad_output) / d logits, in the logits'
-    dtype and shape. out= writes grad into that array; inplace=True writes it over logits."""
-    problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction)
+    """(loss, grad[, z_loss term][, accuracy]) in one fused pass: grad = d(loss * grad_output) /
+    d logits, in the logits' dtype and shape. out= writes grad into that array; inplace=True
+    writes it over logits."""
+    problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
+                           z_loss, softcap)
+    _check_accuracy_request(problem, return_accuracy)
     grad_scalar, grad_rows = check_grad_output(grad_output, problem)
     target, view = _gradient_target(problem, out, inplace)
     impl = _backends.get(backend)
-    if inplace and impl.name != "cpp":
-        # Only the compiled kernels read and write each row in one pass; others need the
-        # logits intact until the gradient is complete, so they write a temporary first.
-        scratch = np.empty_like(problem.logits)
-        loss = impl.fused(problem, grad_scalar, grad_rows, scratch)
-        view[...] = scratch
-    else:
-        loss = impl.fused(problem, grad_scalar, grad_rows, view)
-    return _loss_result(problem, loss), target
+    loss, z_term, accuracy = _run_writing_gradient(
+        impl, problem, view, inplace,
+        lambda buf: impl.fused(problem, grad_scalar, grad_rows, buf, return_accuracy),
+    )
+    extra = _extras(problem, z_term, accuracy, return_z_loss, return_accuracy)
+    return (_loss_result(problem, loss), target, *extra)
 
 
 def cross_entropy_backward(logits, labels, lse, *, weight=None, ignore_index=-100,
-                           label_smoothing=0.0, reduction="mean", grad_output=1.0, out=None,
-                           inplace=False, backend="auto"):
-    """The gradient from the lse that cross_entropy_forward returned (no max/sum recomputed)."""
-    problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction)
+                           label_smoothing=0.0, reduction="mean", z_loss=0.0, softcap=None,
+                           grad_output=1.0, out=None, inplace=False, backend="auto"):
+    """The gradient from the lse that cross_entropy_forward returned (no max/sum recomputed).
+    Pass the same options as to cross_entropy_forward."""
+    problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
+                           z_loss, softcap)
     lse = as_array(lse, "lse")
     if lse.shape != problem.shape[:-1]:
         raise ValueError(f"lse must have shape {problem.shape[:-1]} (one per row), got {lse.shape}")
@@ -84,10 +127,8 @@ def cross_entropy_backward(logits, labels, lse, *, weight=None, ignore_index=-10
     grad_scalar, grad_rows = check_grad_output(grad_output, problem)
     target, view = _gradient_target(problem, out, inplace)
     impl = _backends.get(backend)
-    if inplace and impl.name != "cpp":
-        scratch = np.empty_like(problem.logits)
-        impl.backward(problem, lse, grad_scalar, grad_rows, scratch)
-        view[...] = scratch
-    else:
-        impl.backward(problem, lse, grad_scalar, grad_rows, view)
+    _run_writing_gradient(
+        impl, problem, view, inplace,
+        lambda buf: impl.backward(problem, lse, grad_scalar, grad_rows, buf),
+    )
     return target

@@ -46,12 +46,13 @@ class Problem:
 
     __slots__ = (
         "logits", "labels", "shape", "classes", "weight", "ignore_index", "smoothing",
-        "reduction", "source",
+        "reduction", "source", "targets", "z_loss", "softcap",
     )
 
-    def __init__(self, logits, labels, shape, weight, ignore_index, smoothing, reduction, source):
+    def __init__(self, logits, labels, shape, weight, ignore_index, smoothing, reduction, source,
+                 targets=None, z_loss=0.0, softcap=None):
         self.logits = logits        # (N, C) float16/bfloat16/float32/float64, class stride 1
-        self.labels = labels        # (N,) any integer dtype, values not yet checked
+        self.labels = labels        # (N,) any integer dtype, values not yet checked; None with targets
         self.shape = shape          # the caller's logits shape (..., C)
         self.classes = shape[-1]
         self.weight = weight        # (C,) float64 or None
@@ -59,6 +60,14 @@ class Problem:
         self.smoothing = smoothing
         self.reduction = reduction
         self.source = source        # the caller's logits array (for inplace=True)
+        self.targets = targets      # (N, C) class probabilities in the compute dtype, or None
+        self.z_loss = z_loss        # coefficient of lse**2 per row (0: off)
+        self.softcap = softcap      # logits pass through softcap * tanh(x / softcap); None: off
+
+    @property
+    def soft(self) -> bool:
+        """Probability targets rather than class indices."""
+        return self.targets is not None
 
     @property
     def rows(self) -> int:
@@ -129,13 +138,66 @@ def check_logits(logits, name="logits") -> np.ndarray:
     return x
 
 
-def make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction) -> Problem:
+def compute_dtype(dtype) -> np.dtype:
+    """The dtype rows are computed in: float64 for float64 logits, float32 otherwise."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def check_z_loss(z_loss) -> float:
+    try:
+        z = float(z_loss)
+    except (TypeError, ValueError):
+        raise TypeError(f"z_loss must be a real number, got {z_loss!r}") from None
+    if not (0.0 <= z < np.inf):  # also rejects NaN
+        raise ValueError(f"z_loss must be finite and >= 0, got {z_loss!r}")
+    return z
+
+
+def check_softcap(softcap):
+    if softcap is None:
+        return None
+    try:
+        cap = float(softcap)
+    except (TypeError, ValueError):
+        raise TypeError(f"softcap must be None or a positive number, got {softcap!r}") from None
+    if not (0.0 < cap < np.inf):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    return cap
+
+
+def _soft_targets(y: np.ndarray, x: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Probability targets as (N, C) rows in the logits' compute dtype (copied only if needed)."""
+    if y.shape == x.shape[:-1]:
+        raise TypeError(
+            f"labels of shape {y.shape} are class indices and need an integer dtype, got "
+            f"{y.dtype} (class probabilities need the logits' shape {x.shape})"
+        )
+    if y.shape != x.shape:
+        raise ValueError(
+            f"labels of a float dtype are class probabilities and must have the logits' shape "
+            f"{x.shape}, got {y.shape} (class indices need an integer dtype)"
+        )
+    if ignore_index >= 0:  # as torch.nn.functional.cross_entropy
+        raise ValueError(
+            f"ignore_index ({ignore_index}) is not supported with probability targets "
+            "(labels of a float dtype)"
+        )
+    t = np.ascontiguousarray(y, dtype=compute_dtype(x.dtype))
+    return t.reshape(-1, x.shape[-1])
+
+
+def make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction, z_loss=0.0,
+                 softcap=None) -> Problem:
     x = check_logits(logits)
     y = as_array(labels, "labels")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"labels must have an integer dtype (class indices), got {y.dtype}")
+    soft = y.dtype.kind == "f" or is_half(y.dtype)
+    if not soft and y.dtype.kind not in "iu":
+        raise TypeError(
+            f"labels must have an integer dtype (class indices) or a float dtype (class "
+            f"probabilities), got {y.dtype}"
+        )
     shape = x.shape
-    if y.shape != shape[:-1]:
+    if not soft and y.shape != shape[:-1]:
         raise ValueError(
             f"labels must have shape {shape[:-1]} to match logits of shape {shape}, got {y.shape}"
         )
@@ -148,17 +210,21 @@ def make_problem(logits, labels, weight, ignore_index, label_smoothing, reductio
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
     if not -(2**63) <= ignore_index < 2**63:
         raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
+    targets = _soft_targets(y, x, ignore_index) if soft else None
     # inplace=True can only write to the caller's memory when x views it (not for a list).
     source = x if isinstance(logits, np.ndarray) or hasattr(logits, "__dlpack__") else None
     if classes > 1 and x.strides[-1] != x.itemsize:
         x = np.ascontiguousarray(x)  # the kernels need a contiguous class axis: copy once
     if x.ndim != 2:
         x = x.reshape(-1, classes)
-    if y.ndim != 1:
+    if soft:
+        y = None
+    elif y.ndim != 1:
         y = y.reshape(-1)
     return Problem(
         x, y, shape, check_weight(weight, classes), ignore_index,
         check_smoothing(label_smoothing), check_reduction(reduction), source,
+        targets=targets, z_loss=check_z_loss(z_loss), softcap=check_softcap(softcap),
     )
 
 

@@ -24,38 +24,76 @@ def _kernel_view(a):
     return a.view(np.uint16), (_F16 if a.dtype == np.float16 else _BF16)
 
 
-def _call(problem: Problem, mode, grad_scalar, grad_rows, lse, row_loss, grad):
+def _call(problem: Problem, mode, grad_scalar, grad_rows, lse, row_loss, grad, row_z=None,
+          correct=None):
     logits, code = _kernel_view(problem.logits)
     grad, _ = _kernel_view(grad)
+    labels = problem.labels if problem.labels is not None else _NO_LABELS
     try:
         return _core.cross_entropy(
-            mode, logits, problem.labels, problem.weight, problem.ignore_index,
-            problem.smoothing, _REDUCTION[problem.reduction], grad_scalar, grad_rows, lse,
-            row_loss, grad, code,
+            mode, logits, labels, problem.weight, problem.ignore_index, problem.smoothing,
+            _REDUCTION[problem.reduction], grad_scalar, grad_rows, lse, row_loss, grad, code,
+            problem.targets, problem.z_loss, problem.softcap or 0.0, row_z, correct,
         )
     except ValueError:
-        problem.labels64()  # re-raises a bad label with its position in the caller's shape
+        if problem.labels is not None:
+            problem.labels64()  # re-raises a bad label with its position in the caller's shape
         raise
+
+
+_NO_LABELS = np.empty(0, np.int64)
 
 
 def lse_dtype(problem: Problem):
     return _lse_dtype(problem.logits.dtype)
 
 
-def forward(problem: Problem):
-    n = problem.rows
-    lse = np.empty(n, lse_dtype(problem))
-    row_loss = np.empty(n) if problem.reduction == "none" else None
-    loss = _call(problem, _FORWARD, 1.0, None, lse, row_loss, None)
-    return (row_loss if row_loss is not None else loss), lse
+def _kept_rows(problem: Problem) -> int:
+    if problem.soft:
+        return problem.rows
+    return int(np.count_nonzero(problem.labels != problem.ignore_index))
 
 
-def fused(problem: Problem, grad_scalar, grad_rows, grad_out):
+def _z_term(problem: Problem, row_z):
+    """The z-loss term reduced as the loss is ("mean": over the rows not ignored)."""
+    if row_z is None:
+        return np.zeros(problem.rows) if problem.reduction == "none" else 0.0
+    if problem.reduction == "none":
+        return row_z
+    total = float(row_z.sum())
+    if problem.reduction == "sum":
+        return total
+    kept = _kept_rows(problem)
+    return total / kept if kept else float("nan")
+
+
+def _accuracy(problem: Problem, correct):
+    if correct is None:
+        return None
+    kept = _kept_rows(problem)
+    return float(np.count_nonzero(correct)) / kept if kept else float("nan")
+
+
+def _outputs(problem: Problem, want_accuracy):
     n = problem.rows
-    lse = np.empty(n, lse_dtype(problem))
     row_loss = np.empty(n) if problem.reduction == "none" else None
-    loss = _call(problem, _FUSED, grad_scalar, grad_rows, lse, row_loss, grad_out)
-    return row_loss if row_loss is not None else loss
+    row_z = np.empty(n) if problem.z_loss else None
+    correct = np.empty(n, np.uint8) if want_accuracy else None
+    return np.empty(n, lse_dtype(problem)), row_loss, row_z, correct
+
+
+def forward(problem: Problem, want_accuracy=False):
+    lse, row_loss, row_z, correct = _outputs(problem, want_accuracy)
+    loss = _call(problem, _FORWARD, 1.0, None, lse, row_loss, None, row_z, correct)
+    loss = row_loss if row_loss is not None else loss
+    return loss, lse, _z_term(problem, row_z), _accuracy(problem, correct)
+
+
+def fused(problem: Problem, grad_scalar, grad_rows, grad_out, want_accuracy=False):
+    lse, row_loss, row_z, correct = _outputs(problem, want_accuracy)
+    loss = _call(problem, _FUSED, grad_scalar, grad_rows, lse, row_loss, grad_out, row_z, correct)
+    loss = row_loss if row_loss is not None else loss
+    return loss, _z_term(problem, row_z), _accuracy(problem, correct)
 
 
 def backward(problem: Problem, lse, grad_scalar, grad_rows, grad_out):

@@ -503,25 +503,33 @@ def _float32_out(grad_out):
     return np.empty(grad_out.shape, np.float32), grad_out
 
 
-def forward(problem: Problem):
+def _plain(problem: Problem, want_accuracy=False):
+    if problem.soft or problem.z_loss or problem.softcap is not None or want_accuracy:
+        raise NotImplementedError("numba backend: probability targets, z_loss, softcap, accuracy")
+
+
+def forward(problem: Problem, want_accuracy=False):
     """(reduced loss or per-row float64 losses, per-row lse in the logits' dtype, float32 for
-    16-bit logits)."""
+    16-bit logits, z-loss term, accuracy)."""
+    _plain(problem, want_accuracy)
     call = _Call(_upcast(problem))
     lse = np.empty(call.rows, call.x.dtype)
-    return call.reduce(call.run(_FORWARD, 1.0, None, lse, None)), lse
+    return call.reduce(call.run(_FORWARD, 1.0, None, lse, None)), lse, 0.0, None
 
 
-def fused(problem: Problem, grad_scalar, grad_rows, grad_out: np.ndarray):
+def fused(problem: Problem, grad_scalar, grad_rows, grad_out: np.ndarray, want_accuracy=False):
+    _plain(problem, want_accuracy)
     call = _Call(_upcast(problem))
     lse = np.empty(call.rows, call.x.dtype)
     grad32, target = _float32_out(grad_out)
     loss = call.reduce(call.run(_FUSED, grad_scalar, grad_rows, lse, grad32))
     if target is not None:
         target[...] = grad32
-    return loss
+    return loss, 0.0, None
 
 
 def backward(problem: Problem, lse: np.ndarray, grad_scalar, grad_rows, grad_out: np.ndarray):
+    _plain(problem)
     call = _Call(_upcast(problem))
     lse = _writable(np.ascontiguousarray(lse, dtype=call.x.dtype))
     grad32, target = _float32_out(grad_out)

@@ -1,14 +1,29 @@
 """The NumPy reference backend: the executable spec, in float64, written to be read.
 
-Per row with logits z (C classes), label y, smoothing eps and class weights w (ones if none):
+Per row with logits x (C classes), label y, smoothing eps and class weights w (ones if none):
 
+    z      = softcap * tanh(x / softcap)            (only with softcap; else z = x)
     lse    = log(sum_j exp(z_j))                    (computed as m + log(sum exp(z - m)))
     loss   = (1 - eps) * w_y * (lse - z_y) + eps / C * sum_j w_j * (lse - z_j)
+           + z_loss * lse**2
     d loss / d z_j = (1 - eps) * w_y * (p_j - [j == y]) + eps / C * (sum_k w_k * p_j - w_j)
+                     + 2 * z_loss * lse * p_j
+    d loss / d x_j = d loss / d z_j * (1 - (z_j / softcap)**2)
 
-with p = softmax(z). Ignored rows have loss 0 and gradient 0. "mean" divides by the summed
-w_y of the rows not ignored, "sum" adds, "none" keeps one loss per row; the gradient is that
-of the reduced loss times grad_output. This is torch.nn.functional.cross_entropy's definition.
+with p = softmax(z). Probability targets t (a row per row of logits) replace the label term:
+with q_j = w_j * ((1 - eps) * t_j + eps / C),
+
+    loss   = sum_j q_j * (lse - z_j)  (+ z_loss * lse**2),  a term with q_j = 0 counts 0
+    d loss / d z_j = p_j * sum_k q_k - q_j  (+ 2 * z_loss * lse * p_j)
+
+Ignored rows have loss 0 and gradient 0. "mean" divides the cross-entropy by the summed w_y of
+the rows not ignored (by the number of rows for probability targets) and the z-loss by the
+number of rows not ignored; "sum" adds; "none" keeps one loss per row. The gradient is that of
+the reduced loss times grad_output. Without z_loss and softcap this is
+torch.nn.functional.cross_entropy's definition.
+
+Accuracy: the fraction of the rows not ignored whose argmax of z (the first index on ties) is
+the label; a row with a NaN logit counts as wrong.
 """
 
 from __future__ import annotations
@@ -30,85 +45,120 @@ def _log_softmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (x - m) - log_s, (m + log_s)[..., 0]
 
 
-def _row_losses(problem: Problem):
-    """Per-row loss, lse, log-probabilities, clamped labels, the not-ignored mask, the weights."""
+def _capped(problem: Problem) -> np.ndarray:
+    """The logits as the softmax sees them, in float64."""
     x = problem.logits.astype(np.float64)
-    labels = problem.labels64()
-    keep = labels != problem.ignore_index
-    target = np.where(keep, labels, 0)
-    n, c = x.shape
-    w = problem.weight if problem.weight is not None else np.ones(c)
-    logp, lse = _log_softmax(x)
-    eps = problem.smoothing
-    rows = np.arange(n)
+    if problem.softcap is not None:
+        x = problem.softcap * np.tanh(x / problem.softcap)
+    return x
+
+
+class _Rows:
+    """Per-row quantities of a problem: targets, weights, the not-ignored mask."""
+
+    def __init__(self, problem: Problem):
+        n, c = problem.rows, problem.classes
+        self.w = problem.weight if problem.weight is not None else np.ones(c)
+        eps = problem.smoothing
+        if problem.soft:
+            self.keep = np.ones(n, dtype=bool)
+            t = problem.targets.astype(np.float64)
+            self.q = self.w * ((1.0 - eps) * t + eps / c)  # (N, C)
+            self.ce_denominator = float(n)
+        else:
+            labels = problem.labels64()
+            self.keep = labels != problem.ignore_index
+            self.target = np.where(self.keep, labels, 0)
+            wy = self.w[self.target] * self.keep
+            self.q = eps / c * np.broadcast_to(self.w, (n, c)).copy()
+            self.q[np.arange(n), self.target] += (1.0 - eps) * self.w[self.target]
+            self.q *= self.keep[:, None]
+            self.ce_denominator = float(wy.sum())
+        self.z_denominator = float(self.keep.sum())
+
+
+def _row_losses(problem: Problem, rows: _Rows, z: np.ndarray):
+    """Per-row cross-entropy, z-loss term, lse and log-probabilities."""
+    logp, lse = _log_softmax(z)
     with np.errstate(invalid="ignore", over="ignore"):
-        loss = (1.0 - eps) * w[target] * -logp[rows, target]
-        if eps > 0:
-            loss = loss + eps / c * -(logp * w).sum(axis=1)
-    loss = np.where(keep, loss, 0.0)
-    return loss, np.where(keep, lse, 0.0), logp, target, keep, w
+        terms = np.where(rows.q != 0, rows.q * -logp, 0.0)  # 0 * -inf counts 0
+        ce = terms.sum(axis=1)
+        zl = problem.z_loss * lse**2 if problem.z_loss else np.zeros_like(lse)
+    keep = rows.keep
+    return np.where(keep, ce, 0.0), np.where(keep, zl, 0.0), np.where(keep, lse, 0.0), logp
 
 
-def _denominator(problem: Problem, target, keep, w) -> float:
-    return float((w[target] * keep).sum())
-
-
-def _reduce(problem: Problem, loss, target, keep, w):
+def _reduce(problem: Problem, ce, zl, rows: _Rows):
+    """(loss, z-loss term), each reduced as the call asks."""
     if problem.reduction == "none":
-        return loss
-    total = loss.sum()
+        return ce + zl, zl
     if problem.reduction == "sum":
-        return float(total)
+        return float(ce.sum() + zl.sum()), float(zl.sum())
     with np.errstate(invalid="ignore", divide="ignore"):
-        return float(np.float64(total) / _denominator(problem, target, keep, w))
+        z_mean = np.float64(zl.sum()) / rows.z_denominator
+        return float(np.float64(ce.sum()) / rows.ce_denominator + z_mean), float(z_mean)
 
 
-def _row_scale(problem: Problem, grad_scalar, grad_rows, target, keep, w):
+def _row_scale(problem: Problem, grad_scalar, grad_rows, denominator):
     scale = np.full(problem.rows, grad_scalar, dtype=np.float64)
     if grad_rows is not None:
         scale = scale * grad_rows
     if problem.reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
-            scale = scale / _denominator(problem, target, keep, w)
+            scale = scale / denominator
     return scale
 
 
-def _gradient(problem: Problem, logp, target, keep, w, scale) -> np.ndarray:
-    n, c = logp.shape
-    eps = problem.smoothing
+def _gradient(problem: Problem, rows: _Rows, logp, lse, grad_scalar, grad_rows, z) -> np.ndarray:
+    ce_scale = _row_scale(problem, grad_scalar, grad_rows, rows.ce_denominator)
+    z_scale = _row_scale(problem, grad_scalar, grad_rows, rows.z_denominator)
     with np.errstate(invalid="ignore", over="ignore"):
         p = np.exp(logp)
-        grad = (1.0 - eps) * w[target][:, None] * p
-        grad[np.arange(n), target] -= (1.0 - eps) * w[target]
-        if eps > 0:
-            grad += eps / c * (w.sum() * p - w)
-        grad *= scale[:, None]
-    grad[~keep] = 0.0
+        grad = ce_scale[:, None] * (p * rows.q.sum(axis=1, keepdims=True) - rows.q)
+        if problem.z_loss:
+            grad += (z_scale * 2.0 * problem.z_loss * lse)[:, None] * p
+        if problem.softcap is not None:
+            grad *= 1.0 - (z / problem.softcap) ** 2
+    grad[~rows.keep] = 0.0
     return grad
 
 
-def forward(problem: Problem):
-    """(reduced loss or per-row losses, per-row lse), both float64."""
-    loss, lse, _, target, keep, w = _row_losses(problem)
-    return _reduce(problem, loss, target, keep, w), lse
+def accuracy(problem: Problem, rows: _Rows, z: np.ndarray) -> float:
+    if problem.soft:
+        raise ValueError("return_accuracy needs class-index labels, not probability targets")
+    if z.shape[0] == 0:
+        return float("nan")
+    correct = (z.argmax(axis=1) == rows.target) & ~np.isnan(z).any(axis=1) & rows.keep
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.float64(correct.sum()) / rows.z_denominator)
 
 
-def fused(problem: Problem, grad_scalar, grad_rows, grad_out: np.ndarray):
-    loss, _, logp, target, keep, w = _row_losses(problem)
-    scale = _row_scale(problem, grad_scalar, grad_rows, target, keep, w)
-    grad_out[...] = _gradient(problem, logp, target, keep, w, scale)
-    return _reduce(problem, loss, target, keep, w)
+def forward(problem: Problem, want_accuracy=False):
+    """(loss, per-row lse, z-loss term, accuracy or None); losses float64."""
+    rows = _Rows(problem)
+    z = _capped(problem)
+    ce, zl, lse, _ = _row_losses(problem, rows, z)
+    loss, z_term = _reduce(problem, ce, zl, rows)
+    return loss, lse, z_term, (accuracy(problem, rows, z) if want_accuracy else None)
+
+
+def fused(problem: Problem, grad_scalar, grad_rows, grad_out: np.ndarray, want_accuracy=False):
+    """(loss, z-loss term, accuracy or None), with the gradient written to grad_out."""
+    rows = _Rows(problem)
+    z = _capped(problem)
+    ce, zl, lse, logp = _row_losses(problem, rows, z)
+    grad_out[...] = _gradient(problem, rows, logp, lse, grad_scalar, grad_rows, z)
+    loss, z_term = _reduce(problem, ce, zl, rows)
+    return loss, z_term, (accuracy(problem, rows, z) if want_accuracy else None)
 
 
 def backward(problem: Problem, lse: np.ndarray, grad_scalar, grad_rows, grad_out: np.ndarray):
-    labels = problem.labels64()
-    keep = labels != problem.ignore_index
-    target = np.where(keep, labels, 0)
-    w = problem.weight if problem.weight is not None else np.ones(problem.classes)
+    rows = _Rows(problem)
+    z = _capped(problem)
+    lse = np.asarray(lse, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        logp = problem.logits.astype(np.float64) - np.asarray(lse, dtype=np.float64)[:, None]
-    scale = _row_scale(problem, grad_scalar, grad_rows, target, keep, w)
-    grad_out[...] = _gradient(problem, logp, target, keep, w, scale)
+        logp = z - lse[:, None]
+    grad_out[...] = _gradient(problem, rows, logp, lse, grad_scalar, grad_rows, z)
 
 
 def rowop(x: np.ndarray, op: str) -> np.ndarray:
