@@ -380,16 +380,19 @@ def test_inplace_over_a_tensor_another_node_saved_fails_at_backward():
 # Custom ops and torch.compile
 
 
-def test_custom_ops_pass_opcheck():
+@pytest.mark.parametrize("extras", [(0.0, 0.0, False), (0.01, 3.0, True)],
+                         ids=["plain", "zloss-softcap-accuracy"])
+def test_custom_ops_pass_opcheck(extras):
     x, y, w = make_case(17, weight=True, ignore=True)
     for reduction in REDUCTIONS:
-        args = (x.clone().requires_grad_(True), y, w, -100, 0.1, reduction)
+        options = (-100, 0.1, reduction, *extras)
+        args = (x.clone().requires_grad_(True), y, w, *options)
         torch.library.opcheck(torch.ops.fastxent.ce_forward.default, args)
         torch.library.opcheck(torch.ops.fastxent.ce_fused.default, args)
-        _, lse = torch.ops.fastxent.ce_forward(x, y, w, -100, 0.1, reduction)
+        _, lse, _, _ = torch.ops.fastxent.ce_forward(x, y, w, *options)
         go = torch.rand(9) if reduction == "none" else torch.tensor(0.5)
         torch.library.opcheck(torch.ops.fastxent.ce_backward.default,
-                              (go, x, y, lse, w, -100, 0.1, reduction))
+                              (go, x, y, lse, w, *options))
         torch.library.opcheck(torch.ops.fastxent.ce_scale_grad.default, (x, go))
 
 
@@ -471,8 +474,8 @@ def test_clear_errors():
     x, y, w = make_case(19)
     with pytest.raises(ValueError, match=r"target must have shape \(9,\)"):
         fxt.cross_entropy(x, y[:5])
-    with pytest.raises(TypeError, match="probability targets are not supported"):
-        fxt.cross_entropy(x, torch.softmax(x, 1))
+    with pytest.raises(ValueError, match=r"target must have shape \(9, 7\)"):
+        fxt.cross_entropy(x, y.double())  # float targets are class probabilities
     with pytest.raises(TypeError, match="integer tensor"):
         fxt.cross_entropy(x, y > 2)
     with pytest.raises(TypeError, match="floating-point"):

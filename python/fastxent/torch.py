@@ -38,8 +38,9 @@ float32, float64 and float16 run natively, and bfloat16 too when ml_dtypes is in
 has no bfloat16 of its own; without ml_dtypes bfloat16 is upcast to float32, a copy, and the
 loss cast back). 16-bit logits are computed in float32 inside the kernels: the loss and the
 gradient come back in the input's dtype, each rounded once; the saved lse is float32.
-Targets: any integer dtype (torch itself only takes int64/uint8). Probability (float) targets
-are not supported. The gradient with respect to ``weight`` is not computed (as in PyTorch).
+Targets: any integer dtype (torch itself only takes int64/uint8), or class probabilities (a
+float tensor of the input's shape). The gradient with respect to ``weight`` is not computed
+(as in PyTorch), nor with respect to probability targets.
 
 Why keyword-only options
 ------------------------
@@ -82,7 +83,7 @@ import numpy as np
 
 import fastxent
 
-from ._checks import check_reduction
+from ._checks import check_reduction, check_softcap, check_z_loss
 
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
@@ -95,7 +96,22 @@ _HALF = (torch.float16, torch.bfloat16)
 _NATIVE = (torch.float32, torch.float64, torch.float16) + ((torch.bfloat16,) if ml_dtypes else ())
 # ... or copied to float32 first: bfloat16 without ml_dtypes to view it as in NumPy.
 _UPCAST = tuple(d for d in _HALF if d not in _NATIVE)
-_OPTS = "int ignore_index, float label_smoothing, str reduction"
+_OPTS = ("int ignore_index, float label_smoothing, str reduction, float z_loss, float softcap, "
+         "bool want_accuracy")
+
+
+def _options(ignore_index, label_smoothing, reduction, z_loss, softcap, want_accuracy):
+    """The ops' option values as fastxent keywords (softcap 0 means none)."""
+    return dict(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+                z_loss=z_loss, softcap=softcap or None)
+
+
+def _extras_tensors(result, want_accuracy):
+    """(z-loss term, accuracy) tensors from a fastxent result tuple ending in (z[, accuracy])."""
+    z = _loss_tensor(result[-2] if want_accuracy else result[-1])
+    # (0 when not asked for: a NaN placeholder would not compare equal to itself in opcheck)
+    acc = torch.tensor(float(result[-1]) if want_accuracy else 0.0, dtype=torch.float64)
+    return z, acc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,21 +154,30 @@ def _loss_shape(logits, reduction):
 
 @torch.library.custom_op(
     "fastxent::ce_forward", mutates_args=(),
-    schema=f"(Tensor logits, Tensor labels, Tensor? weight, {_OPTS}) -> (Tensor, Tensor)",
+    schema=(f"(Tensor logits, Tensor labels, Tensor? weight, {_OPTS}) "
+            "-> (Tensor, Tensor, Tensor, Tensor)"),
 )
-def _ce_forward(logits, labels, weight, ignore_index, label_smoothing, reduction):
-    """(loss, lse) for (N, C) logits and (N,) labels."""
-    loss, lse = fastxent.cross_entropy_forward(
-        _np(logits), _np(labels), weight=_np(weight), ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction,
+def _ce_forward(logits, labels, weight, *options):
+    """(loss, lse, z-loss term, accuracy) for (N, C) logits and (N,) labels or (N, C) targets."""
+    want_accuracy = options[-1]
+    result = fastxent.cross_entropy_forward(
+        _np(logits), _np(labels), weight=_np(weight), return_z_loss=True,
+        return_accuracy=want_accuracy, **_options(*options),
     )
-    return _loss_tensor(loss), torch.from_numpy(lse)
+    return (_loss_tensor(result[0]), torch.from_numpy(result[1]),
+            *_extras_tensors(result, want_accuracy))
+
+
+def _fake_extras(logits, reduction):
+    return (logits.new_empty(_loss_shape(logits, reduction)),
+            logits.new_empty((), dtype=torch.float64))
 
 
 @_ce_forward.register_fake
-def _(logits, labels, weight, ignore_index, label_smoothing, reduction):
+def _(logits, labels, weight, ignore_index, label_smoothing, reduction, *rest):
     return (logits.new_empty(_loss_shape(logits, reduction)),
-            logits.new_empty((logits.shape[0],), dtype=_lse_dtype(logits)))
+            logits.new_empty((logits.shape[0],), dtype=_lse_dtype(logits)),
+            *_fake_extras(logits, reduction))
 
 
 @torch.library.custom_op(
@@ -160,20 +185,18 @@ def _(logits, labels, weight, ignore_index, label_smoothing, reduction):
     schema=(f"(Tensor grad_output, Tensor logits, Tensor labels, Tensor lse, Tensor? weight, "
             f"{_OPTS}) -> Tensor"),
 )
-def _ce_backward(grad_output, logits, labels, lse, weight, ignore_index, label_smoothing,
-                 reduction):
+def _ce_backward(grad_output, logits, labels, lse, weight, *options):
     """d(loss * grad_output)/d logits from the saved lse, written into a fresh tensor's buffer."""
     grad = torch.empty(logits.shape, dtype=logits.dtype)
     fastxent.cross_entropy_backward(
-        _np(logits), _np(labels), _np(lse), weight=_np(weight), ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, grad_output=_np(grad_output),
-        out=_out(grad),
+        _np(logits), _np(labels), _np(lse), weight=_np(weight), grad_output=_np(grad_output),
+        out=_out(grad), **_options(*options),
     )
     return grad
 
 
 @_ce_backward.register_fake
-def _(grad_output, logits, labels, lse, weight, ignore_index, label_smoothing, reduction):
+def _(grad_output, logits, labels, lse, weight, *options):
     # Always C-contiguous (not empty_like): the real op allocates it so, whatever the logits'
     # strides, and the kernels want a contiguous class axis in out=.
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
@@ -181,23 +204,27 @@ def _(grad_output, logits, labels, lse, weight, ignore_index, label_smoothing, r
 
 @torch.library.custom_op(
     "fastxent::ce_fused", mutates_args=(),
-    schema=f"(Tensor logits, Tensor labels, Tensor? weight, {_OPTS}) -> (Tensor, Tensor)",
+    schema=(f"(Tensor logits, Tensor labels, Tensor? weight, {_OPTS}) "
+            "-> (Tensor, Tensor, Tensor, Tensor)"),
 )
-def _ce_fused(logits, labels, weight, ignore_index, label_smoothing, reduction):
-    """(loss, grad) in one pass, grad for grad_output=1: for "none" it is the unscaled per-row
-    gradient, so any per-row grad_output can be applied later by scaling rows."""
+def _ce_fused(logits, labels, weight, *options):
+    """(loss, grad, z-loss term, accuracy) in one pass, grad for grad_output=1: for "none" it is
+    the unscaled per-row gradient, so any per-row grad_output can be applied later by scaling
+    rows."""
+    want_accuracy = options[-1]
     grad = torch.empty(logits.shape, dtype=logits.dtype)
-    loss, _ = fastxent.cross_entropy_with_grad(
-        _np(logits), _np(labels), weight=_np(weight), ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, out=_out(grad),
+    result = fastxent.cross_entropy_with_grad(
+        _np(logits), _np(labels), weight=_np(weight), out=_out(grad), return_z_loss=True,
+        return_accuracy=want_accuracy, **_options(*options),
     )
-    return _loss_tensor(loss), grad
+    return (_loss_tensor(result[0]), grad, *_extras_tensors(result, want_accuracy))
 
 
 @_ce_fused.register_fake
-def _(logits, labels, weight, ignore_index, label_smoothing, reduction):
+def _(logits, labels, weight, ignore_index, label_smoothing, reduction, *rest):
     return (logits.new_empty(_loss_shape(logits, reduction)),
-            torch.empty(logits.shape, dtype=logits.dtype, device=logits.device))
+            torch.empty(logits.shape, dtype=logits.dtype, device=logits.device),
+            *_fake_extras(logits, reduction))
 
 
 @torch.library.custom_op("fastxent::ce_scale_grad", mutates_args=(),
@@ -222,37 +249,41 @@ def _rows(grad_output, grad):
 # Autograd formulas for the ops.
 
 
+_NO_OPTION_GRADS = (None,) * 8  # labels, weight and the six options
+
+
 def _forward_setup(ctx, inputs, output):
-    logits, labels, weight, ignore_index, label_smoothing, reduction = inputs
-    ctx.mark_non_differentiable(output[1])  # lse is a by-product, not a differentiable output
+    logits, labels, weight, *options = inputs
+    # lse, the z-loss term (for logging) and accuracy are by-products, not differentiable.
+    ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(logits, labels, weight, output[1])
-    ctx.options = (ignore_index, label_smoothing, reduction)
+    ctx.options = options
 
 
-def _forward_backward(ctx, grad_loss, _grad_lse):
+def _forward_backward(ctx, grad_loss, *_by_products):
     logits, labels, weight, lse = ctx.saved_tensors
     grad = None
     if ctx.needs_input_grad[0]:
         grad = torch.ops.fastxent.ce_backward(grad_loss, logits, labels, lse, weight, *ctx.options)
-    return grad, None, None, None, None, None
+    return (grad, *_NO_OPTION_GRADS)
 
 
 _ce_forward.register_autograd(_forward_backward, setup_context=_forward_setup)
 
 
 def _fused_setup(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(output[1])
 
 
-def _fused_backward(ctx, grad_loss, _grad_grad):
+def _fused_backward(ctx, grad_loss, *_by_products):
     if torch.is_grad_enabled():
         # create_graph=True: the saved gradient carries no history back to the logits, so a
         # derivative of what we return would silently miss the Hessian term. Refuse now.
         raise RuntimeError(_DOUBLE_BACKWARD)
     (grad,) = ctx.saved_tensors
     scaled = torch.ops.fastxent.ce_scale_grad(grad, grad_loss) if ctx.needs_input_grad[0] else None
-    return scaled, None, None, None, None, None
+    return (scaled, *_NO_OPTION_GRADS)
 
 
 _ce_fused.register_autograd(_fused_backward, setup_context=_fused_setup)
@@ -295,25 +326,30 @@ class _CrossEntropy(torch.autograd.Function):
     gradient; "inplace": the fused forward writes the gradient over the logits."""
 
     @staticmethod
-    def forward(ctx, logits, labels, weight, ignore_index, label_smoothing, reduction, mode):
+    def forward(ctx, logits, labels, weight, options, mode, extras):
+        """options: the ops' option tuple; extras: a list that receives the z-loss term and
+        accuracy tensors (by-products returned to the caller outside autograd)."""
         ctx.mode = mode
-        ctx.options = dict(weight=_np(weight), ignore_index=ignore_index,
-                           label_smoothing=label_smoothing, reduction=reduction)
+        want_accuracy = options[-1]
+        ctx.options = dict(weight=_np(weight), **_options(*options))
+        flags = dict(return_z_loss=True, return_accuracy=want_accuracy)
         x, y = _np(logits), _np(labels)
-        if not ctx.needs_input_grad[0]:          # no_grad, or nothing requires grad
-            loss, _ = fastxent.cross_entropy_forward(x, y, **ctx.options)
-            return _loss_tensor(loss)
-        if mode == "lse":
-            loss, lse = fastxent.cross_entropy_forward(x, y, **ctx.options)
-            ctx.save_for_backward(logits, labels, torch.from_numpy(lse))
-            return _loss_tensor(loss)
+        if not ctx.needs_input_grad[0] or mode == "lse":  # no_grad, or nothing requires grad
+            result = fastxent.cross_entropy_forward(x, y, **ctx.options, **flags)
+            extras.extend(_extras_tensors(result, want_accuracy))
+            if ctx.needs_input_grad[0]:
+                ctx.save_for_backward(logits, labels, torch.from_numpy(result[1]))
+            return _loss_tensor(result[0])
         if mode == "grad":
             # grad for grad_output=1 (per row for "none"); backward applies the real one.
             grad = torch.empty(logits.shape, dtype=logits.dtype)
-            loss, _ = fastxent.cross_entropy_with_grad(x, y, out=_out(grad), **ctx.options)
+            result = fastxent.cross_entropy_with_grad(x, y, out=_out(grad), **ctx.options, **flags)
+            extras.extend(_extras_tensors(result, want_accuracy))
             ctx.save_for_backward(grad)
-            return _loss_tensor(loss)
-        loss, _ = fastxent.cross_entropy_with_grad(x, y, inplace=True, **ctx.options)
+            return _loss_tensor(result[0])
+        result = fastxent.cross_entropy_with_grad(x, y, inplace=True, **ctx.options, **flags)
+        extras.extend(_extras_tensors(result, want_accuracy))
+        loss = result[0]
         # mark_dirty rebases `logits` onto this node and bumps its version counter, so a node
         # that saved the old values fails loudly at backward. A dirty tensor must be returned.
         ctx.mark_dirty(logits)
@@ -330,7 +366,7 @@ class _CrossEntropy(torch.autograd.Function):
             # when grad_loss requires grad, so grad(loss * 2, x, create_graph=True) would give a
             # gradient that silently differentiates as a constant.
             raise RuntimeError(_DOUBLE_BACKWARD)
-        nones = (None,) * 6
+        nones = (None,) * 5
         if grad_loss is None:
             return (None,) + nones
         if ctx.mode == "lse":
@@ -389,11 +425,9 @@ def _check_args(input, target, weight, reduction):
     if input.dtype not in _NATIVE + _UPCAST:
         raise TypeError(f"input must be a floating-point tensor (float32/float64, or "
                         f"float16/bfloat16 computed in float32), got {input.dtype}")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(
-            f"target must be an integer tensor of class indices, got {target.dtype} "
-            "(probability targets are not supported by fastxent.torch)"
-        )
+    if target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must be an integer tensor of class indices or a float tensor "
+                        f"of class probabilities, got {target.dtype}")
     for name, t in (("input", input), ("target", target), ("weight", weight)):
         if t is not None and t.device.type != "cpu":
             raise ValueError(f"{name} is on {t.device}: fastxent's kernels run on CPU tensors only")
@@ -404,6 +438,8 @@ def _check_args(input, target, weight, reduction):
         classes, want = input.shape[0], ()
     else:
         classes, want = input.shape[1], (input.shape[0],) + tuple(input.shape[2:])
+    if target.is_floating_point():  # class probabilities: the input's shape
+        want = tuple(input.shape)
     if tuple(target.shape) != want:
         raise ValueError(
             f"target must have shape {want} for input of shape {tuple(input.shape)} "
@@ -421,27 +457,37 @@ def _check_args(input, target, weight, reduction):
 
 
 def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, grad_in_forward=False, inplace=False):
-    """Cross-entropy between logits ``input`` and class-index ``target``, as
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, return_z_loss=False,
+                  return_accuracy=False, grad_in_forward=False, inplace=False):
+    """Cross-entropy between logits ``input`` and ``target``, as
     ``torch.nn.functional.cross_entropy`` computes it, on fastxent's fused CPU kernels.
 
     input: (C,), (N, C) or (N, C, d1, ..., dk) float tensor (class dimension 1, or 0 unbatched).
     (N, C, d1, ...) inputs are copied once to move the class axis last (the kernels need it
     contiguous); float16/bfloat16 are computed in float32 inside the kernels.
-    target: () / (N,) / (N, d1, ..., dk) integer tensor of class indices (any integer dtype).
+    target: () / (N,) / (N, d1, ..., dk) integer tensor of class indices (any integer dtype), or
+    a float tensor of class probabilities with the input's shape.
     weight, ignore_index, reduction, label_smoothing: as in PyTorch (keyword-only after weight).
+    z_loss: adds z_loss * logsumexp(logits)**2 per row (PaLM); softcap: logits pass through
+    softcap * tanh(logits / softcap) first (Gemma 2). Both are in the gradient.
+    return_z_loss / return_accuracy: also return the z-loss term (reduced like the loss, detached,
+    for logging) / the fraction of rows not ignored whose argmax is the target (float64).
     grad_in_forward: compute the gradient in the forward's single pass and keep it for backward.
     inplace: like grad_in_forward, but the gradient overwrites ``input`` (see the module docs
     for when that is allowed; misuse raises RuntimeError).
 
-    Returns the loss in the input's dtype: 0-d for "mean"/"sum", target-shaped for "none".
+    Returns the loss in the input's dtype: 0-d for "mean"/"sum", target-shaped for "none";
+    with return_z_loss / return_accuracy a tuple (loss[, z_loss][, accuracy]).
     """
     return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
-                          grad_in_forward, inplace, use_ops=torch.compiler.is_compiling())
+                          grad_in_forward, inplace, use_ops=torch.compiler.is_compiling(),
+                          z_loss=z_loss, softcap=softcap, return_z_loss=return_z_loss,
+                          return_accuracy=return_accuracy)
 
 
 def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
-                   grad_in_forward, inplace, use_ops):
+                   grad_in_forward, inplace, use_ops, z_loss=0.0, softcap=None,
+                   return_z_loss=False, return_accuracy=False):
     """use_ops: go through the custom ops (what torch.compile sees) instead of the eager
     autograd.Function; the tests run both."""
     _check_args(input, target, weight, reduction)
@@ -450,37 +496,58 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
         weight = weight.detach()
         if weight.dtype not in (torch.float32, torch.float64):
             weight = weight.to(torch.float64)
-    options = (int(ignore_index), float(label_smoothing), reduction)
+    softcap = check_softcap(softcap)
+    options = (int(ignore_index), float(label_smoothing), reduction, check_z_loss(z_loss),
+               softcap or 0.0, bool(return_accuracy))
     needs_grad = torch.is_grad_enabled() and input.requires_grad
+    soft = target.is_floating_point()
+    if soft and target.dtype in _UPCAST:
+        target = target.float()
 
     if inplace and needs_grad:
         _check_inplace(input, use_ops)
-        loss, _ = _CrossEntropy.apply(input, target, weight, *options, "inplace")
-        return loss
+        extras = []
+        loss, _ = _CrossEntropy.apply(input, target, weight, options, "inplace", extras)
+        return _with_extras(loss, extras, return_z_loss, return_accuracy)
 
     x = input.float() if input.dtype in _UPCAST else input
     if x.dim() == 1:            # unbatched: one row
-        x, labels = x.unsqueeze(0), target.reshape(1)
+        x, labels = x.unsqueeze(0), target.reshape(1, -1) if soft else target.reshape(1)
     elif x.dim() == 2:
         labels = target
     else:                       # (N, C, d...) -> (N * prod(d), C): a copy, class axis last
-        x, labels = x.movedim(1, -1).reshape(-1, x.shape[1]), target.reshape(-1)
+        x = x.movedim(1, -1).reshape(-1, x.shape[1])
+        labels = target.movedim(1, -1).reshape(-1, x.shape[1]) if soft else target.reshape(-1)
 
     fused = (grad_in_forward or inplace) and needs_grad
     if use_ops:
         op = torch.ops.fastxent.ce_fused if fused else torch.ops.fastxent.ce_forward
-        loss, _ = op(x, labels, weight, *options)
+        loss, _, *extras = op(x, labels, weight, *options)
     else:
-        loss = _CrossEntropy.apply(x, labels, weight, *options, "grad" if fused else "lse")
+        extras = []
+        loss = _CrossEntropy.apply(x, labels, weight, options, "grad" if fused else "lse", extras)
     if reduction == "none":
-        loss = loss.reshape(target.shape)
-    return loss.to(input.dtype) if loss.dtype != input.dtype else loss
+        # The input's shape without the class dimension (= an integer target's shape).
+        shape = tuple(input.shape[:1]) + tuple(input.shape[2:]) if input.dim() > 1 else ()
+        loss = loss.reshape(shape)
+        extras[0] = extras[0].reshape(shape)
+    if loss.dtype != input.dtype:
+        loss = loss.to(input.dtype)
+        extras[0] = extras[0].to(input.dtype)
+    return _with_extras(loss, extras, return_z_loss, return_accuracy)
+
+
+def _with_extras(loss, extras, return_z_loss, return_accuracy):
+    """loss, or (loss[, z-loss term][, accuracy]) as the caller asked."""
+    chosen = (extras[0],) * bool(return_z_loss) + (extras[1],) * bool(return_accuracy)
+    return (loss, *chosen) if chosen else loss
 
 
 class CrossEntropyLoss(torch.nn.Module):
     """``torch.nn.CrossEntropyLoss`` (class-index targets) on fastxent's kernels.
 
     CrossEntropyLoss(weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                     z_loss=0.0, softcap=None, return_z_loss=False, return_accuracy=False,
                      grad_in_forward=False, inplace=False)
 
     ``weight`` is a buffer (it follows ``.to()``/``.double()`` and is in the state dict), as in
@@ -488,9 +555,14 @@ class CrossEntropyLoss(torch.nn.Module):
     """
 
     def __init__(self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                 z_loss=0.0, softcap=None, return_z_loss=False, return_accuracy=False,
                  grad_in_forward=False, inplace=False):
         super().__init__()
         check_reduction(reduction)
+        self.z_loss = check_z_loss(z_loss)
+        self.softcap = check_softcap(softcap)
+        self.return_z_loss = return_z_loss
+        self.return_accuracy = return_accuracy
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -501,13 +573,18 @@ class CrossEntropyLoss(torch.nn.Module):
     def forward(self, input, target):
         return cross_entropy(
             input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
-            label_smoothing=self.label_smoothing, grad_in_forward=self.grad_in_forward,
-            inplace=self.inplace,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+            return_z_loss=self.return_z_loss, return_accuracy=self.return_accuracy,
+            grad_in_forward=self.grad_in_forward, inplace=self.inplace,
         )
 
     def extra_repr(self):
         parts = [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}",
                  f"label_smoothing={self.label_smoothing}"]
+        if self.z_loss:
+            parts.append(f"z_loss={self.z_loss}")
+        if self.softcap is not None:
+            parts.append(f"softcap={self.softcap}")
         if self.grad_in_forward:
             parts.append("grad_in_forward=True")
         if self.inplace:
