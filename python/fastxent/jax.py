@@ -4,8 +4,9 @@
     loss = fxj.cross_entropy(logits, labels)                       # (..., C) and (...)
     grads = jax.grad(lambda p: fxj.cross_entropy(model(p, x), y))(params)
 
-Same definition as ``torch.nn.functional.cross_entropy`` with class-index targets (weight,
-ignore_index, label_smoothing, reduction) but with the class axis *last*, as in JAX / optax:
+Same definition as ``torch.nn.functional.cross_entropy`` (weight, ignore_index, label_smoothing,
+reduction; class indices or class probabilities; plus fastxent's z_loss, softcap,
+return_z_loss and return_accuracy) but with the class axis *last*, as in JAX / optax:
 without options it equals ``optax.softmax_cross_entropy_with_integer_labels(...).mean()``.
 
 How it runs: the forward and the backward are ``jax.pure_callback`` calls into
@@ -46,7 +47,7 @@ import numpy as np
 
 import fastxent
 
-from ._checks import check_reduction, check_smoothing
+from ._checks import check_reduction, check_smoothing, check_softcap, check_z_loss
 
 __all__ = ["cross_entropy"]
 
@@ -57,9 +58,14 @@ class _Options(NamedTuple):
     ignore_index: int
     label_smoothing: float
     reduction: str
+    z_loss: float
+    softcap: float | None
+    want_accuracy: bool
 
     def kwargs(self):
-        return self._asdict()
+        options = self._asdict()
+        del options["want_accuracy"]
+        return options
 
 
 _NATIVE = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
@@ -70,15 +76,22 @@ def _lse_dtype(dtype):
 
 
 def _result_types(opts, logits, labels):
-    loss_shape = labels.shape if opts.reduction == "none" else ()
+    rows = logits.shape[:-1]
+    loss_shape = rows if opts.reduction == "none" else ()
     return (jax.ShapeDtypeStruct(loss_shape, logits.dtype),
-            jax.ShapeDtypeStruct(labels.shape, _lse_dtype(logits.dtype)))
+            jax.ShapeDtypeStruct(rows, _lse_dtype(logits.dtype)),
+            jax.ShapeDtypeStruct(loss_shape, logits.dtype),
+            jax.ShapeDtypeStruct((), jnp.float32))
 
 
 def _host_forward(opts, logits, labels, weight):
-    loss, lse = fastxent.cross_entropy_forward(logits, labels, weight=weight, **opts.kwargs())
+    result = fastxent.cross_entropy_forward(logits, labels, weight=weight, return_z_loss=True,
+                                            return_accuracy=opts.want_accuracy, **opts.kwargs())
+    accuracy = result[3] if opts.want_accuracy else 0.0
     # pure_callback insists on exactly the promised dtypes (and NumPy arrays, not scalars).
-    return np.asarray(loss, dtype=logits.dtype), np.asarray(lse, dtype=_lse_dtype(logits.dtype))
+    return (np.asarray(result[0], dtype=logits.dtype),
+            np.asarray(result[1], dtype=_lse_dtype(logits.dtype)),
+            np.asarray(result[2], dtype=logits.dtype), np.asarray(accuracy, dtype=np.float32))
 
 
 def _host_backward(opts, logits, labels, weight, lse, cotangent):
@@ -95,31 +108,56 @@ def _forward_call(opts, logits, labels, weight):
 
 
 # opts (argument 0) selects the kernel: static, hashable, not differentiated.
+# Returns (loss, z-loss term, accuracy); the caller stops the gradient of the last two.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _cross_entropy(opts, logits, labels, weight):
-    return _forward_call(opts, logits, labels, weight)[0]
+    loss, _, z_term, accuracy = _forward_call(opts, logits, labels, weight)
+    return loss, z_term, accuracy
 
 
 def _fwd(opts, logits, labels, weight):
-    loss, lse = _forward_call(opts, logits, labels, weight)
-    return loss, (logits, labels, weight, lse)
+    loss, lse, z_term, accuracy = _forward_call(opts, logits, labels, weight)
+    return (loss, z_term, accuracy), (logits, labels, weight, lse)
 
 
-def _bwd(opts, residuals, cotangent):
+def _target_cotangent(opts, logits, labels, weight, lse, cotangent):
+    """d loss / d t_j = w_j (1 - eps) (lse - z_j) per row, times the row's cotangent ("mean"
+    divides by the number of rows), z the capped logits; a 0 where z_j = -inf and t_j = 0 is
+    not defined, so it is given as 0 there rather than inf."""
+    z = logits.astype(lse.dtype)
+    if opts.softcap is not None:
+        z = opts.softcap * jnp.tanh(z / opts.softcap)
+    per_row = cotangent.astype(lse.dtype)
+    if opts.reduction == "mean":
+        per_row = per_row / max(lse.size, 1)
+    if opts.reduction != "none" or per_row.ndim == 0:
+        per_row = jnp.broadcast_to(per_row, lse.shape)
+    w = 1.0 if weight is None else weight.astype(lse.dtype)
+    neg_logp = lse[..., None] - z
+    grad = per_row[..., None] * (1.0 - opts.label_smoothing) * w * neg_logp
+    return jnp.where(jnp.isfinite(neg_logp) | (labels != 0), grad, 0.0).astype(labels.dtype)
+
+
+def _bwd(opts, residuals, cotangents):
+    cotangent = cotangents[0]  # the z-loss term and accuracy are returned under stop_gradient
     logits, labels, weight, lse = residuals
     grad = jax.pure_callback(
         lambda x, y, w, s, g: _host_backward(opts, x, y, w, s, g),
         jax.ShapeDtypeStruct(logits.shape, logits.dtype),
         logits, labels, weight, lse, cotangent.astype(logits.dtype), vmap_method="sequential",
     )
-    # No cotangent for the integer labels nor (as in PyTorch) for the class weights.
-    return grad, None, None
+    # No cotangent for integer labels nor (as in PyTorch) for the class weights; probability
+    # targets get theirs (distillation differentiates through them).
+    target_grad = None
+    if jnp.issubdtype(labels.dtype, jnp.floating):
+        target_grad = _target_cotangent(opts, logits, labels, weight, lse, cotangent)
+    return grad, target_grad, None
 
 
 _cross_entropy.defvjp(_fwd, _bwd)
 
 
-def _static_options(ignore_index, label_smoothing, reduction):
+def _static_options(ignore_index, label_smoothing, reduction, z_loss, softcap, want_accuracy):
     try:
         ignore_index = operator.index(ignore_index)
     except TypeError:
@@ -130,33 +168,55 @@ def _static_options(ignore_index, label_smoothing, reduction):
         raise TypeError(
             f"label_smoothing must be a static Python float, got {label_smoothing!r}"
         ) from None
-    return _Options(ignore_index, check_smoothing(label_smoothing), check_reduction(reduction))
+    try:
+        z_loss = check_z_loss(z_loss)
+        softcap = check_softcap(softcap)
+    except jax.errors.ConcretizationTypeError:
+        raise TypeError("z_loss and softcap must be static Python floats") from None
+    return _Options(ignore_index, check_smoothing(label_smoothing), check_reduction(reduction),
+                    z_loss, softcap, bool(want_accuracy))
 
 
 def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                  reduction="mean"):
-    """Softmax cross-entropy of ``logits`` (..., C) against integer ``labels`` (...).
+                  reduction="mean", z_loss=0.0, softcap=None, return_z_loss=False,
+                  return_accuracy=False):
+    """Softmax cross-entropy of ``logits`` (..., C) against integer ``labels`` (...) or class
+    probabilities (..., C) of a float dtype.
 
     As torch.nn.functional.cross_entropy (weight, ignore_index, label_smoothing, reduction, and
-    "mean" divides by the summed weight of the non-ignored rows) with the class axis last.
+    "mean" divides by the summed weight of the non-ignored rows) with the class axis last, plus
+    z_loss (z_loss * logsumexp**2 per row) and softcap (softcap * tanh(logits / softcap) first).
     Returns a 0-d array for "mean"/"sum" and an array of shape (...) for "none", in the logits'
-    dtype. Differentiable w.r.t. logits (reverse mode), usable inside jit and vmap.
+    dtype; with return_z_loss / return_accuracy a tuple (loss[, z_loss term][, accuracy]) whose
+    extra entries are under stop_gradient (for logging). Differentiable w.r.t. logits (and
+    probability targets) in reverse mode, usable inside jit and vmap.
     """
-    opts = _static_options(ignore_index, label_smoothing, reduction)
+    opts = _static_options(ignore_index, label_smoothing, reduction, z_loss, softcap,
+                           return_accuracy)
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"logits must be a floating-point array, got dtype {logits.dtype}")
     if logits.ndim == 0:
         raise ValueError("logits must have a class axis: shape (..., classes), got a scalar")
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"labels must have an integer dtype (class indices), got {labels.dtype}")
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels must have shape {logits.shape[:-1]} to match logits of shape "
-                         f"{logits.shape}, got {labels.shape}")
+    soft = jnp.issubdtype(labels.dtype, jnp.floating)
+    if not soft and not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"labels must have an integer dtype (class indices) or a float dtype "
+                        f"(class probabilities), got {labels.dtype}")
+    if soft and labels.shape == logits.shape[:-1]:
+        raise TypeError(f"labels must have an integer dtype for class indices of shape "
+                        f"{labels.shape}, got {labels.dtype} (class probabilities need the "
+                        f"logits' shape {logits.shape})")
+    want = logits.shape if soft else logits.shape[:-1]
+    if labels.shape != want:
+        kind = "class probabilities" if soft else "class indices"
+        raise ValueError(f"labels must have shape {want} to match logits of shape "
+                         f"{logits.shape} ({kind}), got {labels.shape}")
     classes = logits.shape[-1]
     if classes == 0:
         raise ValueError(f"logits must have at least one class, got shape {logits.shape}")
+    if soft and return_accuracy:
+        raise ValueError("return_accuracy needs class-index labels, not probability targets")
     if weight is not None:
         weight = jax.lax.stop_gradient(jnp.asarray(weight))
         if weight.shape != (classes,):
@@ -167,5 +227,14 @@ def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoot
 
     dtype = logits.dtype
     x = logits if dtype in _NATIVE else logits.astype(jnp.float32)
-    loss = _cross_entropy(opts, x, labels, weight)
-    return loss if loss.dtype == dtype else loss.astype(dtype)
+    if soft and labels.dtype != x.dtype:
+        labels = labels.astype(x.dtype)
+    loss, z_term, accuracy = _cross_entropy(opts, x, labels, weight)
+    if loss.dtype != dtype:
+        loss, z_term = loss.astype(dtype), z_term.astype(dtype)
+    extra = ()
+    if return_z_loss:
+        extra += (jax.lax.stop_gradient(z_term),)
+    if return_accuracy:
+        extra += (jax.lax.stop_gradient(accuracy),)
+    return (loss, *extra) if extra else loss
