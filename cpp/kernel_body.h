@@ -192,19 +192,22 @@ inline void scale_row(const compute_t<T>* in, T* out, int64_t n, compute_t<T> al
 }
 
 // Where a row's first maximum is, for accuracy: the block of the first maximum (blocks are
-// scanned in order and only a strictly larger block maximum moves it) and, in the label's
-// block, the first index that equals that block's maximum.
+// scanned in order and only a strictly larger block maximum moves it) and whether the label is
+// the first maximum of its block (its index then, else -1).
 struct ArgmaxProbe {
   int64_t label;
   int64_t first_max_block = 0;
   int64_t first_max_in_label_block = -1;
 };
 
+// The label's index within its block when it is that block's first maximum bm, else -1: the
+// label's logit must equal bm and every logit before it be smaller (a vectorised max of the
+// prefix, only for rows whose label holds the block's max).
 template <class T>
-inline int64_t first_equal(const T* x, int64_t n, double value) {
-  for (int64_t j = 0; j < n; ++j)
-    if (double(load1(x + j)) == value) return j;
-  return n;
+inline int64_t label_if_first_max(const T* xb, int64_t label_in_block, double bm) {
+  if (double(load1(xb + label_in_block)) != bm) return -1;
+  if (label_in_block > 0 && double(max_of(xb, label_in_block)) >= bm) return -1;
+  return label_in_block;
 }
 
 // The label's logit is the first maximum of the row (and the row has no NaN).
@@ -231,8 +234,10 @@ inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
     const double bm = max_of(xb, len);
     if (probe) {
       if (bm > st.m) probe->first_max_block = k;
-      if (probe->label >= c0 && probe->label < c0 + len)
-        probe->first_max_in_label_block = c0 + first_equal(xb, len, bm);
+      if (probe->label >= c0 && probe->label < c0 + len) {
+        const int64_t j = label_if_first_max(xb, probe->label - c0, bm);
+        probe->first_max_in_label_block = j < 0 ? -1 : c0 + j;
+      }
     }
     if (bm > st.m) {
       if (st.s != 0) {
