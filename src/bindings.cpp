@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "../cpp/dispatch.h"
@@ -76,6 +77,31 @@ IntType int_type(const nb::dlpack::dtype& dt) {
 
 enum Reduction { kNone = 0, kMean = 1, kSum = 2 };
 
+// The bytes [first, last) a 2-D array spans (strides in elements, either sign).
+template <class A>
+std::pair<const char*, const char*> byte_span(const A& a) {
+  const char* base = static_cast<const char*>(a.data());
+  const int64_t item = int64_t(a.itemsize());
+  int64_t lo = 0, hi = 0;
+  for (size_t d = 0; d < a.ndim(); ++d) {
+    if (a.shape(d) == 0) return {base, base};
+    const int64_t reach = (int64_t(a.shape(d)) - 1) * int64_t(a.stride(d)) * item;
+    (reach < 0 ? lo : hi) += reach;
+  }
+  return {base + lo, base + hi + item};
+}
+
+// The gradient may be written over the logits element for element (same start, same strides);
+// any other overlap would read logits the kernel has already overwritten.
+void check_no_partial_overlap(const Matrix& logits, const OutMatrix& grad) {
+  const auto [x0, x1] = byte_span(logits);
+  const auto [g0, g1] = byte_span(grad);
+  if (x0 == x1 || g0 == g1 || g1 <= x0 || x1 <= g0) return;
+  const bool same = logits.data() == grad.data() && logits.stride(0) == grad.stride(0) &&
+                    logits.stride(1) == grad.stride(1) && logits.itemsize() == grad.itemsize();
+  if (!same) throw nb::value_error("grad overlaps logits (other than element for element)");
+}
+
 // Options beyond torch's cross_entropy: probability targets (rows in the compute type, replacing
 // labels), z-loss, soft-capping; per-row outputs of the z-loss term and of accuracy.
 struct Extras {
@@ -87,11 +113,11 @@ struct Extras {
 
 // One cross-entropy call. Returns the reduced loss (mean/sum; with the z-loss term) or NaN for
 // "none" (the per-row losses, z-loss included, are then in row_loss). lse is written by
-// forward/fused and read by backward. labels is ignored when extras.targets is given.
+// forward/fused (None: into a scratch buffer) and read by backward. labels is ignored when extras.targets is given.
 double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
                      std::optional<DoubleVector> weight, int64_t ignore_index, double smoothing,
                      int reduction, double grad_output, std::optional<DoubleVector> grad_rows,
-                     const Vector& lse, std::optional<OutDoubles> row_loss,
+                     std::optional<Vector> lse, std::optional<OutDoubles> row_loss,
                      std::optional<OutMatrix> grad, int dtype_code, std::optional<Matrix> targets,
                      double z_loss, double softcap, std::optional<OutDoubles> row_z,
                      std::optional<OutFlags> correct) {
@@ -100,8 +126,16 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   CeArgs a;
   a.dtype = float_dtype(logits.dtype(), dtype_code, "logits");
   // lse is double for float64 rows, float otherwise (16-bit rows too).
-  check_same_storage(lse.dtype(), a.dtype == DType::f64 ? DType::f64 : DType::f32, "lse");
-  if (grad) check_same_storage(grad->dtype(), a.dtype, "grad");
+  const bool lse_f64 = a.dtype == DType::f64;
+  if (lse) {
+    check_same_storage(lse->dtype(), lse_f64 ? DType::f64 : DType::f32, "lse");
+  } else if (mode == CeMode::backward) {
+    throw nb::value_error("lse is needed for the backward");
+  }
+  if (grad) {
+    check_same_storage(grad->dtype(), a.dtype, "grad");
+    check_no_partial_overlap(logits, *grad);
+  }
   a.rows = int64_t(logits.shape(0));
   a.classes = int64_t(logits.shape(1));
   a.logits = logits.data();
@@ -166,7 +200,13 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   a.grad_scale = grad_output / denom;
   a.z_grad_scale = grad_output / z_denom;
   a.grad_rows = grad_rows ? grad_rows->data() : nullptr;
-  a.lse = const_cast<void*>(lse.data());
+  std::vector<double> own_lse;  // as doubles: enough room for a.rows floats or doubles
+  if (lse) {
+    a.lse = const_cast<void*>(lse->data());
+  } else {
+    own_lse.resize(size_t(a.rows));
+    a.lse = own_lse.data();
+  }
 
   std::vector<double> own_row_loss;
   if (mode != CeMode::backward) {

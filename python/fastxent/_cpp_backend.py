@@ -96,6 +96,18 @@ def fused(problem: Problem, grad_scalar, grad_rows, grad_out, want_accuracy=Fals
     return loss, _z_term(problem, row_z), _accuracy(problem, correct)
 
 
+def plain_forward(logits, labels, reduction):
+    """The fast path (see _api._fast_path): plain options, float32/float64 rows."""
+    return _core.cross_entropy(_FORWARD, logits, labels, None, -100, 0.0, _REDUCTION[reduction],
+                               1.0, None, None, None, None, _INFER, None, 0.0, 0.0, None, None)
+
+
+def plain_fused(logits, labels, reduction, grad_output, grad):
+    return _core.cross_entropy(_FUSED, logits, labels, None, -100, 0.0, _REDUCTION[reduction],
+                               float(grad_output), None, None, None, grad, _INFER, None, 0.0, 0.0,
+                               None, None)
+
+
 def backward(problem: Problem, lse, grad_scalar, grad_rows, grad_out):
     _call(problem, _BACKWARD, grad_scalar, grad_rows, lse, None, grad_out)
 
