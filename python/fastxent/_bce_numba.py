@@ -53,60 +53,57 @@ def _log1p_unit_impl(e):
 
 
 @njit(**_OPTS)
-def _chunk(x, t, w, w_full, pw, pw_full, ge, scale, want_loss, loss_out, grad_out, period, e0, e1):
+def _chunk(x, t, w, w_full, pw, pw_full, ge, ge_full, scale, lo, lo_full, go, go_full, period,
+           e0, e1):
     """Elements [e0, e1) (e0 a multiple of period); returns their summed loss (float64).
-    loss_out / grad_out / ge of length 0 are not written / read; without want_loss the
-    loss is not computed (0 is returned)."""
+    Every array is read or written at offset s of segment s when "full", else at 0 (weights
+    tiled to the period, or scratch for outputs that are not wanted): the loop body has no
+    branch, which is what lets LLVM vectorise it."""
     x, t, w, pw, ge = _borrow(x), _borrow(t), _borrow(w), _borrow(pw), _borrow(ge)
-    loss_out, grad_out = _borrow(loss_out), _borrow(grad_out)
+    lo, go = _borrow(lo), _borrow(go)
     zero, one = x.dtype.type(0), x.dtype.type(1)
     sc = x.dtype.type(scale)
-    store_loss = loss_out.shape[0] > 0
-    want_grad = grad_out.shape[0] > 0
-    per_elem = ge.shape[0] > 0
     total = 0.0
     for s in range(e0, e1, period):
         m = min(period, e1 - s)
-        wo = s if w_full else 0
-        po = s if pw_full else 0
+        xs, ts = x[s:s + m], t[s:s + m]
+        ws = w[s:s + m] if w_full else w[:m]
+        ps = pw[s:s + m] if pw_full else pw[:m]
+        gs = ge[s:s + m] if ge_full else ge[:m]
+        ls = lo[s:s + m] if lo_full else lo[:m]
+        os = go[s:s + m] if go_full else go[:m]
         acc = zero
         for j in range(m):
-            xv = x[s + j]
-            tv = t[s + j]
-            wv = w[wo + j]
-            pv = pw[po + j]
+            xv = xs[j]
+            tv = ts[j]
+            wv = ws[j]
+            pv = ps[j]
             e = _vexp(-abs(xv))
             a = pv * tv            # coefficient of softplus(-x)'s max(-x, 0)
             b = one - tv           # coefficient of softplus(x)'s max(x, 0)
             lw = one + (pv - one) * tv
-            if want_loss:
-                ra = -xv if -xv > zero else zero
-                rb = xv if xv > zero else zero
-                inner = (zero if a == zero else a * ra) + (zero if b == zero else b * rb)
-                inner = inner + lw * _log1p_unit(e)
-                lv = zero if wv == zero else wv * inner
-                acc = _radd(acc, lv)
-                if store_loss:
-                    loss_out[s + j] = lv
-            if want_grad:
-                q = e / (one + e)
-                gv = wv * (b - lw * q if xv >= zero else lw * q - a) * sc
-                if per_elem:
-                    gv = gv * x.dtype.type(ge[s + j])
-                grad_out[s + j] = gv
+            ra = max(-xv, zero)
+            rb = max(xv, zero)
+            inner = (zero if a == zero else a * ra) + (zero if b == zero else b * rb)
+            inner = inner + lw * _log1p_unit(e)
+            lv = zero if wv == zero else wv * inner
+            acc = _radd(acc, lv)
+            ls[j] = lv
+            q = e / (one + e)
+            os[j] = wv * (b - lw * q if xv >= zero else lw * q - a) * sc * gs[j]
         total += np.float64(acc)
     return total
 
 
 @njit(parallel=True, **_OPTS)
-def _chunks(x, t, w, w_full, pw, pw_full, ge, scale, want_loss, loss_out, grad_out, period, chunk,
-            n):
+def _chunks(x, t, w, w_full, pw, pw_full, ge, ge_full, scale, lo, lo_full, go, go_full, period,
+            chunk, n):
     tasks = (n + chunk - 1) // chunk
     totals = np.empty(tasks)
     for k in prange(tasks):
         e0 = np.int64(k) * chunk
-        totals[k] = _chunk(x, t, w, w_full, pw, pw_full, ge, scale, want_loss, loss_out,
-                           grad_out, period, e0, min(e0 + chunk, n))
+        totals[k] = _chunk(x, t, w, w_full, pw, pw_full, ge, ge_full, scale, lo, lo_full, go,
+                           go_full, period, e0, min(e0 + chunk, n))
     return totals
 
 
@@ -134,19 +131,19 @@ def compute(problem: BceProblem, loss_out, grad_out, grad_scale, grad_elems, wan
     period = c * -(-_PERIOD // c)
     w, w_full = _aux(problem.weight, problem, period, dtype)
     pw, pw_full = _aux(problem.pos_weight, problem, period, dtype)
-    empty = np.empty(0, dtype)
-    lo = empty if loss_out is None else (np.empty(n, dtype) if wide else loss_out)
-    go = empty
+    # Separate scratch arrays: one shared by both outputs would make LLVM pick the scalar loop.
+    lo = np.empty(period, dtype) if loss_out is None else (np.empty(n, dtype) if wide else loss_out)
+    go = np.empty(period, dtype)
     if grad_out is not None:
         # A separate buffer when the gradient goes over the inputs: LLVM's overlap checks would
         # otherwise pick the scalar loop.
         shared = np.may_share_memory(grad_out, x) or np.may_share_memory(grad_out, t)
         go = np.empty(n, dtype) if (wide or shared) else grad_out
-    ge = np.empty(0, np.float64) if grad_elems is None else grad_elems
+    ge = np.ones(period, dtype) if grad_elems is None else grad_elems.astype(dtype)
     chunk = period * max(1, (1 << 14) // period)
     threads = min(get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    want_loss = bool(want_total) or loss_out is not None
-    args = (x, t, w, w_full, pw, pw_full, ge, float(grad_scale), want_loss, lo, go, period)
+    args = (x, t, w, w_full, pw, pw_full, ge, grad_elems is not None, float(grad_scale), lo,
+            loss_out is not None, go, grad_out is not None, period)
     if threads > 1 and n >= _MIN_PARALLEL and _lock.acquire(blocking=False):
         try:
             numba.set_num_threads(threads)
