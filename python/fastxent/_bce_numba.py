@@ -4,7 +4,7 @@ the logits' dtype (float32 for 16-bit logits, rounded once on output), @njit(par
 Per element: e = exp(-|x|) with the loop-vectorisable exp of _numba_backend, log1p(e) from the
 series 2 atanh(s), s = e / (2 + e) in [0, 1/3] (no 1 + e is rounded, and no libm call stops
 the vectoriser), and selects instead of branches. Weights that are the same for every row are
-tiled to a period of at least _PERIOD elements, so the inner loop runs over long contiguous
+tiled to a period of at least _checks.BCE_PERIOD elements, so the inner loop runs over long contiguous
 segments even when the last axis is short.
 """
 
@@ -17,13 +17,12 @@ import numpy as np
 from numba import njit, prange
 from numba.core.extending import overload
 
-from ._checks import BceProblem, is_half
+from ._checks import BceProblem, is_half, tiled_weight
 from ._numba_backend import _OPTS, _borrow, _lock, _radd, _vexp
 from ._runtime import get_num_threads
 
 name = "numba"
 
-_PERIOD = 1024
 _MIN_PARALLEL = 1 << 15
 # 1 / (2k + 1), highest first: u^2 <= 1/9, so 8 terms reach float32 and 16 float64 precision.
 _SERIES = {
@@ -107,16 +106,6 @@ def _chunks(x, t, w, w_full, pw, pw_full, ge, ge_full, scale, lo, lo_full, go, g
     return totals
 
 
-def _aux(a, problem: BceProblem, period, dtype):
-    """(array in the compute dtype, full?): periodic arrays tiled to `period`, ones if None."""
-    n, c = problem.size, problem.classes
-    if a is None:
-        return np.ones(period, dtype), False
-    if a.shape[0] == n and not (n == c):
-        return a.astype(dtype), True
-    return np.tile(a.astype(dtype), period // c), False
-
-
 def compute(problem: BceProblem, loss_out, grad_out, grad_scale, grad_elems, want_total=True):
     """As _bce_reference.compute: loss_out / grad_out are flat arrays of the logits' dtype."""
     n = problem.size
@@ -127,10 +116,8 @@ def compute(problem: BceProblem, loss_out, grad_out, grad_scale, grad_elems, wan
     if wide:  # Numba has no 16-bit arithmetic: float32 copies, rounded on output
         x, t = x.astype(np.float32), t.astype(np.float32)
     dtype = x.dtype
-    c = max(problem.classes, 1)
-    period = c * -(-_PERIOD // c)
-    w, w_full = _aux(problem.weight, problem, period, dtype)
-    pw, pw_full = _aux(problem.pos_weight, problem, period, dtype)
+    period, w, w_full = tiled_weight(problem.weight, problem, dtype)
+    _, pw, pw_full = tiled_weight(problem.pos_weight, problem, dtype)
     # Separate scratch arrays: one shared by both outputs would make LLVM pick the scalar loop.
     lo = np.empty(period, dtype) if loss_out is None else (np.empty(n, dtype) if wide else loss_out)
     go = np.empty(period, dtype)

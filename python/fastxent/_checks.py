@@ -382,3 +382,19 @@ def bce_gradient_buffer(problem: BceProblem, out, inplace: bool, extra=()):
     if flat is None:
         return out, np.empty(problem.size, out.dtype)
     return out, flat
+
+
+BCE_PERIOD = 1024
+
+
+def tiled_weight(a, problem: BceProblem, dtype):
+    """(period, array in `dtype`, full?) for an elementwise kernel: a periodic weight (or ones
+    when a is None) repeated to `period` values, a multiple of the last axis' length of at least
+    BCE_PERIOD, so inner loops run over long segments even when that axis is short."""
+    n, c = problem.size, max(problem.classes, 1)
+    period = c * -(-BCE_PERIOD // c)
+    if a is None:
+        return period, np.ones(period, dtype), False
+    if a.shape[0] == n and n != c:
+        return period, a.astype(dtype), True
+    return period, np.tile(a.astype(dtype), period // c), False
