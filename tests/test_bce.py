@@ -383,3 +383,68 @@ def test_tensor_requiring_grad_is_named():
     x = torch.zeros(3, requires_grad=True)
     with pytest.raises(TypeError, match="logits is a tensor that requires grad"):
         bce(x, torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------------------------
+# fastxent.torch and fastxent.jax
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_torch_function_gradcheck_and_module(rng, reduction):
+    torch = pytest.importorskip("torch")
+    import fastxent.torch as ft
+
+    F = torch.nn.functional
+    x = torch.tensor(rng.standard_normal((5, 4)) * 3, requires_grad=True)
+    t = torch.tensor(rng.random((5, 4)))
+    w, pw = torch.tensor(rng.uniform(0.5, 2, (5, 1))), torch.tensor(rng.uniform(0.5, 2, 4))
+    fn = (lambda x: ft.binary_cross_entropy_with_logits(x, t, w, pw, reduction=reduction))
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+    want = F.binary_cross_entropy_with_logits(x, t, w, pos_weight=pw, reduction=reduction)
+    got = ft.BCEWithLogitsLoss(w, reduction, pw)(x, t)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_bfloat16_and_errors(rng):
+    torch = pytest.importorskip("torch")
+    import fastxent.torch as ft
+
+    x = torch.randn(3, 8, dtype=torch.bfloat16, requires_grad=True)
+    t = torch.rand(3, 8).to(torch.bfloat16)
+    loss = ft.binary_cross_entropy_with_logits(x, t)
+    loss.backward()
+    assert loss.dtype == x.grad.dtype == torch.bfloat16
+    xr = x.detach().double().requires_grad_()
+    torch.nn.functional.binary_cross_entropy_with_logits(xr, t.double()).backward()
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=2 ** -7, atol=1e-6)
+    with pytest.raises(ValueError, match="target must have the input's shape"):
+        ft.binary_cross_entropy_with_logits(x, t[:2])
+    with pytest.raises(ValueError, match="reduction must be"):
+        ft.BCEWithLogitsLoss(reduction="avg")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_jax_grad_under_jit(rng, reduction):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    import fastxent.jax as fj
+
+    x = jnp.asarray((rng.standard_normal((6, 5)) * 3).astype(np.float32))
+    t = jnp.asarray(rng.random((6, 5)).astype(np.float32))
+    pw = jnp.asarray(rng.uniform(0.5, 2, 5).astype(np.float32))
+    co = jnp.asarray(rng.standard_normal((6, 5)).astype(np.float32))
+
+    def ours(x):
+        loss = fj.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction=reduction)
+        return (loss * co).sum() if reduction == "none" else loss
+
+    loss, grad = jax.jit(jax.value_and_grad(ours))(x)
+    want_loss, want_grad = reference(np.asarray(x), np.asarray(t), pos_weight=np.asarray(pw),
+                                     reduction=reduction,
+                                     grad_output=np.asarray(co) if reduction == "none" else 1.0)
+    if reduction == "none":
+        want_loss = (want_loss * np.asarray(co, np.float64)).sum()
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        fj.binary_cross_entropy_with_logits(x, t, weight=jnp.ones(6))

@@ -169,3 +169,11 @@ def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoot
     x = logits if dtype in _NATIVE else logits.astype(jnp.float32)
     loss = _cross_entropy(opts, x, labels, weight)
     return loss if loss.dtype == dtype else loss.astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary cross-entropy with logits (issue 5): in its own module.
+
+from ._jax_bce import binary_cross_entropy_with_logits  # noqa: E402
+
+__all__ += ["binary_cross_entropy_with_logits"]
