@@ -15,13 +15,14 @@ namespace isa_avx2 {
 #include "vlog.h"
 #include "vtanh.h"
 #include "kernel_body.h"
+#include "bce_body.h"
 
 }  // namespace isa_avx2
 
 #if !defined(FASTXENT_KERNELS_HALF)  // the table is in the main file only
 const KernelTable kTableAvx2 = {"avx2",           isa_avx2::forward_rows, isa_avx2::fused_rows,
                               isa_avx2::backward_rows, isa_avx2::slice_stats,
-                              isa_avx2::slice_grad,    isa_avx2::rowop_rows};
+                              isa_avx2::slice_grad,    isa_avx2::rowop_rows, isa_avx2::bce_range};
 #endif
 
 }  // namespace fastxent

@@ -15,13 +15,14 @@ namespace isa_neon {
 #include "vlog.h"
 #include "vtanh.h"
 #include "kernel_body.h"
+#include "bce_body.h"
 
 }  // namespace isa_neon
 
 #if !defined(FASTXENT_KERNELS_HALF)  // the table is in the main file only
 const KernelTable kTableNeon = {"neon",           isa_neon::forward_rows, isa_neon::fused_rows,
                               isa_neon::backward_rows, isa_neon::slice_stats,
-                              isa_neon::slice_grad,    isa_neon::rowop_rows};
+                              isa_neon::slice_grad,    isa_neon::rowop_rows, isa_neon::bce_range};
 #endif
 
 }  // namespace fastxent

@@ -15,13 +15,14 @@ using VecD = Vec1<double>;
 #include "vlog.h"
 #include "vtanh.h"
 #include "kernel_body.h"
+#include "bce_body.h"
 
 }  // namespace isa_scalar
 
 #if !defined(FASTXENT_KERNELS_HALF)  // the table is in the main file only
 const KernelTable kTableScalar = {"scalar",           isa_scalar::forward_rows, isa_scalar::fused_rows,
                               isa_scalar::backward_rows, isa_scalar::slice_stats,
-                              isa_scalar::slice_grad,    isa_scalar::rowop_rows};
+                              isa_scalar::slice_grad,    isa_scalar::rowop_rows, isa_scalar::bce_range};
 #endif
 
 }  // namespace fastxent

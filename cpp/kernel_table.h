@@ -1,5 +1,6 @@
 // One table of kernel entry points per instruction set; the driver picks one at run time.
 #pragma once
+#include "bce_problem.h"
 #include "problem.h"
 
 namespace fastxent {
@@ -19,6 +20,9 @@ struct KernelTable {
   double (*slice_grad)(const CeArgs&, int64_t row, int64_t c0, int64_t c1, double m, double alpha,
                        double beta);
   void (*rowop_rows)(const RowsArgs&, RowOp op, int64_t r0, int64_t r1);
+  // Binary cross-entropy on elements [e0, e1) (e0 a multiple of a.period): writes loss / grad
+  // when asked, returns the summed loss (0 without want_total).
+  double (*bce_range)(const BceArgs&, int64_t e0, int64_t e1);
 };
 
 extern const KernelTable kTableScalar;

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "../cpp/bce_driver.h"
 #include "../cpp/dispatch.h"
 #include "../cpp/driver.h"
 #include "../cpp/thread_pool.h"
@@ -256,6 +257,46 @@ std::vector<std::string> isas() {
   return names;
 }
 
+// ---- binary cross-entropy with logits: flat contiguous arrays (the Python layer tiles weights).
+using Flat = nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using OutFlat = nb::ndarray<nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// Returns the summed loss (0 without want_total); writes loss / grad when given.
+double bce(const Flat& logits, const Flat& targets, const Flat& weight, bool weight_full,
+           const Flat& pos_weight, bool pos_weight_full, int64_t period,
+           std::optional<Flat> grad_elems, double grad_scale, bool want_total,
+           std::optional<OutFlat> loss, std::optional<OutFlat> grad, int dtype_code) {
+  BceArgs a;
+  a.dtype = float_dtype(logits.dtype(), dtype_code, "logits");
+  const DType compute = a.dtype == DType::f64 ? DType::f64 : DType::f32;
+  a.n = int64_t(logits.shape(0));
+  if (period < 1) throw nb::value_error("period must be positive");
+  a.period = period;
+  auto check = [&](const nb::dlpack::dtype& dt, size_t size, DType want, bool full, const char* name) {
+    check_same_storage(dt, want, name);
+    if (int64_t(size) != (full ? a.n : period)) throw nb::value_error((std::string(name) + " has the wrong length").c_str());
+  };
+  check(targets.dtype(), targets.shape(0), a.dtype, true, "targets");
+  check(weight.dtype(), weight.shape(0), compute, weight_full, "weight");
+  check(pos_weight.dtype(), pos_weight.shape(0), compute, pos_weight_full, "pos_weight");
+  if (grad_elems) check(grad_elems->dtype(), grad_elems->shape(0), compute, true, "grad_output");
+  if (loss) check(loss->dtype(), loss->shape(0), a.dtype, true, "loss");
+  if (grad) check(grad->dtype(), grad->shape(0), a.dtype, true, "grad");
+  a.logits = logits.data();
+  a.targets = targets.data();
+  a.weight = weight.data();
+  a.weight_full = weight_full;
+  a.pos_weight = pos_weight.data();
+  a.pos_weight_full = pos_weight_full;
+  a.grad_elems = grad_elems ? grad_elems->data() : nullptr;
+  a.grad_scale = grad_scale;
+  a.want_total = want_total;
+  a.loss = loss ? loss->data() : nullptr;
+  a.grad = grad ? grad->data() : nullptr;
+  nb::gil_scoped_release release;
+  return run_bce(a);
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -268,4 +309,5 @@ NB_MODULE(_core, m) {
   m.def("set_isa", &select_isa);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);
+  m.def("bce", &bce);  // the last argument: dtype code (-1: from the array)
 }

@@ -116,3 +116,18 @@ struct VecD {
     return {_mm256_castsi256_pd(_mm256_add_epi64(e, _mm256_set1_epi64x(int64_t(1023) << 52)))};
   }
 };
+
+// Elementwise kernels (bce_body.h): a where x < lo, else b (NaN x: b); and res, or 0 where c is
+// 0 (so a zero coefficient times inf is 0).
+inline VecF select_below(VecF x, VecF lo, VecF a, VecF b) {
+  return {_mm256_blendv_ps(b.v, a.v, _mm256_cmp_ps(x.v, lo.v, _CMP_LT_OQ))};
+}
+inline VecF zero_where_zero(VecF c, VecF res) {
+  return {_mm256_andnot_ps(_mm256_cmp_ps(c.v, _mm256_setzero_ps(), _CMP_EQ_OQ), res.v)};
+}
+inline VecD select_below(VecD x, VecD lo, VecD a, VecD b) {
+  return {_mm256_blendv_pd(b.v, a.v, _mm256_cmp_pd(x.v, lo.v, _CMP_LT_OQ))};
+}
+inline VecD zero_where_zero(VecD c, VecD res) {
+  return {_mm256_andnot_pd(_mm256_cmp_pd(c.v, _mm256_setzero_pd(), _CMP_EQ_OQ), res.v)};
+}

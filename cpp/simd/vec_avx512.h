@@ -90,3 +90,18 @@ struct VecD {
     return {_mm512_castsi512_pd(_mm512_add_epi64(e, _mm512_set1_epi64(int64_t(1023) << 52)))};
   }
 };
+
+// Elementwise kernels (bce_body.h): a where x < lo, else b (NaN x: b); and res, or 0 where c is
+// 0 (so a zero coefficient times inf is 0).
+inline VecF select_below(VecF x, VecF lo, VecF a, VecF b) {
+  return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(x.v, lo.v, _CMP_LT_OQ), b.v, a.v)};
+}
+inline VecF zero_where_zero(VecF c, VecF res) {
+  return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(c.v, _mm512_setzero_ps(), _CMP_NEQ_UQ), res.v)};
+}
+inline VecD select_below(VecD x, VecD lo, VecD a, VecD b) {
+  return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(x.v, lo.v, _CMP_LT_OQ), b.v, a.v)};
+}
+inline VecD zero_where_zero(VecD c, VecD res) {
+  return {_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(c.v, _mm512_setzero_pd(), _CMP_NEQ_UQ), res.v)};
+}

@@ -99,3 +99,20 @@ struct VecD {
     return {vreinterpretq_f64_u64(vaddq_u64(e, vdupq_n_u64(uint64_t(1023) << 52)))};
   }
 };
+
+// Elementwise kernels (bce_body.h): a where x < lo, else b (NaN x: b); and res, or 0 where c is
+// 0 (so a zero coefficient times inf is 0).
+inline VecF select_below(VecF x, VecF lo, VecF a, VecF b) {
+  return {vbslq_f32(vcltq_f32(x.v, lo.v), a.v, b.v)};
+}
+inline VecF zero_where_zero(VecF c, VecF res) {
+  const uint32x4_t is_zero = vceqq_f32(c.v, vdupq_n_f32(0.0f));
+  return {vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(res.v), is_zero))};
+}
+inline VecD select_below(VecD x, VecD lo, VecD a, VecD b) {
+  return {vbslq_f64(vcltq_f64(x.v, lo.v), a.v, b.v)};
+}
+inline VecD zero_where_zero(VecD c, VecD res) {
+  const uint64x2_t is_zero = vceqq_f64(c.v, vdupq_n_f64(0.0));
+  return {vreinterpretq_f64_u64(vbicq_u64(vreinterpretq_u64_f64(res.v), is_zero))};
+}

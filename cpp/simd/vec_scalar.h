@@ -72,3 +72,14 @@ struct Vec1 {
     }
   }
 };
+
+// Elementwise kernels (bce_body.h): a where x < lo, else b (NaN x: b); and res, or 0 where c is
+// 0 (so a zero coefficient times inf is 0).
+template <class S>
+inline Vec1<S> select_below(Vec1<S> x, Vec1<S> lo, Vec1<S> a, Vec1<S> b) {
+  return {x.v < lo.v ? a.v : b.v};
+}
+template <class S>
+inline Vec1<S> zero_where_zero(Vec1<S> c, Vec1<S> res) {
+  return {c.v == S(0) ? S(0) : res.v};
+}

@@ -11,11 +11,19 @@ from ._api import (
     cross_entropy_forward,
     cross_entropy_with_grad,
 )
+from ._bce import (
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_backward,
+    binary_cross_entropy_with_logits_with_grad,
+)
 from ._rowops import log_softmax, logsumexp, softmax
 from ._runtime import __version__, get_num_threads, info, set_num_threads
 
 __all__ = [
     "__version__",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_backward",
+    "binary_cross_entropy_with_logits_with_grad",
     "cross_entropy",
     "cross_entropy_backward",
     "cross_entropy_forward",

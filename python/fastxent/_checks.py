@@ -299,3 +299,168 @@ def check_grad_output(grad_output, problem: Problem):
         raise TypeError(f"grad_output must be real numbers, got dtype {g.dtype}")
     return 1.0, np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary cross-entropy (fastxent.binary_cross_entropy_with_logits): every element is its own
+# problem, so the arrays are handled flat. weight / pos_weight / grad_output arrays are float64
+# and either "periodic" (length C = the last axis, the same for every row) or "full" (one value
+# per element, length n); the backends tell them apart by length (n == C means one row, where
+# both readings agree).
+
+
+class BceProblem:
+    """A normalised binary cross-entropy call."""
+
+    __slots__ = ("logits", "targets", "shape", "classes", "weight", "pos_weight", "reduction",
+                 "source")
+
+    def __init__(self, logits, targets, shape, weight, pos_weight, reduction, source):
+        self.logits = logits          # (n,) contiguous, float16/bfloat16/float32/float64
+        self.targets = targets        # (n,) contiguous, the logits' dtype
+        self.shape = shape            # the caller's shape
+        self.classes = shape[-1] if shape else 1
+        self.weight = weight          # None, (C,) or (n,) float64
+        self.pos_weight = pos_weight  # None, (C,) or (n,) float64
+        self.reduction = reduction
+        self.source = source          # the caller's logits array (for inplace=True)
+
+    @property
+    def size(self) -> int:
+        return self.logits.shape[0]
+
+
+def check_float_array(value, name: str) -> np.ndarray:
+    """A float16/bfloat16/float32/float64 array of any shape (a 0-d array too)."""
+    x = as_array(value, name)
+    if x.dtype not in FLOAT_DTYPES and not is_half(x.dtype):
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    return x
+
+
+def check_elementwise_weight(value, name: str, shape):
+    """None, or `value` broadcast against logits of `shape`: float64 (C,) when it is the same
+    for every row (a scalar, or leading axes of size 1), else float64 (n,)."""
+    if value is None:
+        return None
+    a = as_array(value, name)
+    if (a.dtype.kind not in "biuf" and not is_half(a.dtype)) or a.dtype.kind == "b":
+        raise TypeError(f"{name} must be real numbers, got dtype {a.dtype}")
+    try:
+        fits = np.broadcast_shapes(a.shape, shape) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} of shape {a.shape} does not broadcast to the logits' shape {shape}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    classes = shape[-1] if shape else 1
+    if all(d == 1 for d in a.shape[:-1]):
+        return np.ascontiguousarray(np.broadcast_to(a.reshape(a.shape[-1:]), (classes,)))
+    return np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1)
+
+
+def make_bce_problem(logits, targets, weight, pos_weight, reduction) -> BceProblem:
+    x = check_float_array(logits, "logits")
+    t = as_array(targets, "targets")
+    if (t.dtype.kind not in "biuf" and not is_half(t.dtype)):
+        raise TypeError(f"targets must be real numbers (probabilities in [0, 1]), got dtype {t.dtype}")
+    shape = x.shape
+    if t.shape != shape:
+        raise ValueError(f"targets must have the logits' shape {shape}, got {t.shape}")
+    # inplace=True can only write to the caller's memory when x views it (not for a list).
+    source = x if isinstance(logits, np.ndarray) or hasattr(logits, "__dlpack__") else None
+    return BceProblem(
+        np.ascontiguousarray(x).reshape(-1),
+        np.ascontiguousarray(t, dtype=x.dtype).reshape(-1),
+        shape,
+        check_elementwise_weight(weight, "weight", shape),
+        check_elementwise_weight(pos_weight, "pos_weight", shape),
+        check_reduction(reduction),
+        source,
+    )
+
+
+def check_bce_grad_output(grad_output, problem: BceProblem):
+    """(scalar, float64 (n,) per-element array or None)."""
+    if problem.reduction != "none" or np.ndim(grad_output) == 0:
+        try:
+            scalar = float(grad_output)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"grad_output must be a real number for reduction={problem.reduction!r}, "
+                f"got {type(grad_output).__name__}"
+            ) from None
+        return scalar, None
+    g = as_array(grad_output, "grad_output")
+    if g.shape != problem.shape:
+        raise ValueError(
+            f"grad_output must be a scalar or have the logits' shape {problem.shape}, got {g.shape}"
+        )
+    if (g.dtype.kind not in "iuf" and not is_half(g.dtype)):
+        raise TypeError(f"grad_output must be real numbers, got dtype {g.dtype}")
+    return 1.0, np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+
+
+def _same_elements(a: np.ndarray, b: np.ndarray) -> bool:
+    """a and b are contiguous views of exactly the same elements."""
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.size == b.size and a.itemsize == b.itemsize
+        and a.flags.c_contiguous and b.flags.c_contiguous
+    )
+
+
+def bce_gradient_buffer(problem: BceProblem, out, inplace: bool, extra=()):
+    """(array returned to the caller, flat contiguous array the kernel writes, or (None, None)
+    to allocate). When the second is not a view of the first the caller copies it over
+    afterwards. `extra` are other inputs (grad_output) that out must not overlap."""
+    if inplace and out is not None:
+        raise ValueError("pass either out= or inplace=True, not both")
+    if inplace:
+        src = problem.source
+        if not isinstance(src, np.ndarray) or not src.flags.writeable:
+            raise ValueError("inplace=True needs logits that are a writable array")
+        if not src.flags.c_contiguous:
+            raise ValueError("inplace=True needs C-contiguous logits; this array would have to be copied")
+        return src, src.reshape(-1)
+    if out is None:
+        return None, None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.shape != problem.shape:
+        raise ValueError(f"out must have the logits' shape {problem.shape}, got {out.shape}")
+    if out.dtype != problem.logits.dtype:
+        raise TypeError(f"out must have the logits' dtype {problem.logits.dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writable")
+    flat = out.reshape(-1) if out.flags.c_contiguous else None
+    # Each element's gradient is written after its logit and target are read, so out may be
+    # exactly the logits (or targets) buffer; any other overlap would read written values.
+    for arr, name in ((problem.logits, "logits"), (problem.targets, "targets")):
+        if np.may_share_memory(out, arr) and out.size:
+            if flat is None or not _same_elements(flat, arr):
+                raise ValueError(f"out overlaps {name}; use inplace=True to write the gradient over the logits")
+    for arr, name in ((problem.weight, "weight"), (problem.pos_weight, "pos_weight")) + tuple(extra):
+        if arr is not None and np.may_share_memory(out, arr) and out.size:
+            raise ValueError(f"out overlaps {name}")
+    if flat is None:
+        return out, np.empty(problem.size, out.dtype)
+    return out, flat
+
+
+BCE_PERIOD = 1024
+
+
+def tiled_weight(a, problem: BceProblem, dtype):
+    """(period, array in `dtype`, full?) for an elementwise kernel: a periodic weight (or ones
+    when a is None) repeated to `period` values, a multiple of the last axis' length of at least
+    BCE_PERIOD, so inner loops run over long segments even when that axis is short."""
+    n, c = problem.size, max(problem.classes, 1)
+    period = c * -(-BCE_PERIOD // c)
+    if a is None:
+        return period, np.ones(period, dtype), False
+    if a.shape[0] == n and n != c:
+        return period, a.astype(dtype), True
+    return period, np.tile(a.astype(dtype), period // c), False

@@ -238,3 +238,11 @@ def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoot
     if return_accuracy:
         extra += (jax.lax.stop_gradient(accuracy),)
     return (loss, *extra) if extra else loss
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary cross-entropy with logits (issue 5): in its own module.
+
+from ._jax_bce import binary_cross_entropy_with_logits  # noqa: E402
+
+__all__ += ["binary_cross_entropy_with_logits"]

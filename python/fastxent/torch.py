@@ -590,3 +590,11 @@ class CrossEntropyLoss(torch.nn.Module):
         if self.inplace:
             parts.append("inplace=True")
         return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary cross-entropy with logits (issue 5): in its own module.
+
+from ._torch_bce import BCEWithLogitsLoss, binary_cross_entropy_with_logits  # noqa: E402
+
+__all__ += ["BCEWithLogitsLoss", "binary_cross_entropy_with_logits"]
