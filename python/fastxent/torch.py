@@ -84,7 +84,8 @@ import fastxent
 
 from ._checks import check_reduction
 
-__all__ = ["CrossEntropyLoss", "cross_entropy"]
+__all__ = ["CrossEntropyLoss", "cross_entropy", "linear_cross_entropy",
+           "vocab_parallel_cross_entropy"]
 
 try:
     import ml_dtypes
@@ -513,3 +514,8 @@ class CrossEntropyLoss(torch.nn.Module):
         if self.inplace:
             parts.append("inplace=True")
         return ", ".join(parts)
+
+
+# Fused linear cross-entropy and vocabulary-parallel cross-entropy live in their own modules.
+from ._linear_torch import linear_cross_entropy  # noqa: E402
+from ._vocab_parallel import vocab_parallel_cross_entropy  # noqa: E402
