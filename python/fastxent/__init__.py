@@ -16,6 +16,7 @@ from ._bce import (
     binary_cross_entropy_with_logits_backward,
     binary_cross_entropy_with_logits_with_grad,
 )
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._rowops import log_softmax, logsumexp, softmax
 from ._runtime import __version__, get_num_threads, info, set_num_threads
 
@@ -30,6 +31,8 @@ __all__ = [
     "cross_entropy_with_grad",
     "get_num_threads",
     "info",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "set_num_threads",

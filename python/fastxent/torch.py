@@ -85,7 +85,8 @@ import fastxent
 
 from ._checks import check_reduction, check_softcap, check_z_loss
 
-__all__ = ["CrossEntropyLoss", "cross_entropy"]
+__all__ = ["CrossEntropyLoss", "cross_entropy", "linear_cross_entropy",
+           "vocab_parallel_cross_entropy"]
 
 try:
     import ml_dtypes
@@ -598,3 +599,7 @@ class CrossEntropyLoss(torch.nn.Module):
 from ._torch_bce import BCEWithLogitsLoss, binary_cross_entropy_with_logits  # noqa: E402
 
 __all__ += ["BCEWithLogitsLoss", "binary_cross_entropy_with_logits"]
+
+# Fused linear cross-entropy and vocabulary-parallel cross-entropy live in their own modules.
+from ._linear_torch import linear_cross_entropy  # noqa: E402
+from ._vocab_parallel import vocab_parallel_cross_entropy  # noqa: E402
