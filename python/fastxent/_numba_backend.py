@@ -281,6 +281,14 @@ def _first_argmax_is(xr, y, m):
     return hits == 0
 
 
+@njit(**_OPTS)
+def _has_nan(xr):
+    for j in range(xr.shape[0]):
+        if xr[j] != xr[j]:
+            return True
+    return False
+
+
 # ----------------------------------------------------------------------------------------------
 # The kernel: rows [r0, r1). x and g are the flat storage of the (N, C) logits and output
 # (gradient or softmax rows) with row strides xs and gs in elements. w (logits' dtype) and w64
@@ -459,9 +467,11 @@ def _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, gro
             if z_loss != 0.0:
                 p_coef += zgi * 2.0 * z_loss * lse_i
             if want_correct:
-                # The first argmax is the label: z_y is the max, no NaN (s), none equal before.
+                # The first argmax is the label: z_y is the max, none equal before, no NaN.
+                # (A NaN s without a NaN logit: an all -inf row, or +inf logits.)
                 ms = x.dtype.type(m)
-                correct[i] = zy == m and s == s and _first_argmax_is(xr, y, ms)
+                correct[i] = (zy == m and _first_argmax_is(xr, y, ms)
+                              and (s == s or not _has_nan(xr)))
             if mode == _FORWARD:
                 continue
         else:
