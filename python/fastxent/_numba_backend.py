@@ -6,6 +6,12 @@ gradient wanted the exp values are stored in the gradient row and scaled afterwa
 alone uses the online max/sum recurrence, so the row is read once. Ignored rows are never
 read. float64 rows are computed in float64.
 
+The options follow cpp/kernel_body.h: probability targets make q_j = w_j ((1 - eps) t_j + eps/C)
+per row and use it as the smoothing weights (no label term); z-loss adds 2 z_loss lse to the
+coefficient of p; soft-capped rows are capped into a scratch row (tanh as vectorisable IR, like
+exp) that the row's passes then read, and the gradient is multiplied by 1 - tanh^2 at the end;
+accuracy compares the label's logit with the max the row's pass finds anyway.
+
 Numba has no vector math library (math.exp in a loop is a scalar libm call), so exp is emitted
 here as LLVM IR that the loop vectoriser handles: 2^n * p(r), 2^n built by writing the
 exponent bits. Small intrinsics keep the loops vectorisable without fastmath: llvm.maxnum for
