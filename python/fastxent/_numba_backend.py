@@ -323,6 +323,8 @@ def _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, gro
     want_z = row_z.shape[0] > 0
     want_correct = correct.shape[0] > 0
     x, g, w, w64, tg = _borrow(x), _borrow(g), _borrow(w), _borrow(w64), _borrow(tg)
+    # (Also the arrays that per-row aliases like swcum below would otherwise count.)
+    wcum, labels, grows = _borrow(wcum), _borrow(labels), _borrow(grows)
     zero = x.dtype.type(0)
     # Scratch rows for this group of rows (empty when unused; kept reference-counted, since
     # a borrowed view would not keep them alive): the capped logits, a soft row's weights.
