@@ -6,6 +6,12 @@ gradient wanted the exp values are stored in the gradient row and scaled afterwa
 alone uses the online max/sum recurrence, so the row is read once. Ignored rows are never
 read. float64 rows are computed in float64.
 
+The options follow cpp/kernel_body.h: probability targets make q_j = w_j ((1 - eps) t_j + eps/C)
+per row and use it as the smoothing weights (no label term); z-loss adds 2 z_loss lse to the
+coefficient of p; soft-capped rows are capped into a scratch row (tanh as vectorisable IR, like
+exp) that the row's passes then read, and the gradient is multiplied by 1 - tanh^2 at the end;
+accuracy compares the label's logit with the max the row's pass finds anyway.
+
 Numba has no vector math library (math.exp in a loop is a scalar libm call), so exp is emitted
 here as LLVM IR that the loop vectoriser handles: 2^n * p(r), 2^n built by writing the
 exponent bits. Small intrinsics keep the loops vectorisable without fastmath: llvm.maxnum for
@@ -26,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from fractions import Fraction
 
 import numba
 import numpy as np
@@ -83,6 +90,33 @@ def _fmuladd(builder, a, b, c):
     return builder.call(fn, [a, b, c])
 
 
+def _exp_ir(builder, v, bits):
+    """IR for exp(v), v <= 0 (see _EXP)."""
+    ty = v.type
+    k = _EXP[bits]
+    ity = ir.IntType(bits)
+
+    def c(value):
+        return ir.Constant(ty, value)
+
+    lo, hi = c(k["lo"]), c(k["hi"])
+    xc = builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
+    xc = builder.select(builder.fcmp_ordered("<", xc, lo), lo, xc)
+    t = _fmuladd(builder, xc, c(k["log2e"]), c(k["magic"]))
+    n = builder.fsub(t, c(k["magic"]))
+    r = _fmuladd(builder, n, c(-k["ln2"][0]), xc)
+    r = _fmuladd(builder, n, c(-k["ln2"][1]), r)
+    p = c(k["poly"][0])
+    for coef in k["poly"][1:]:
+        p = _fmuladd(builder, p, r, c(coef))
+    # 2^n: the exponent field is n + bias, and n is t's low bits minus the magic's (integer
+    # ops on the bits: no float-to-int conversion, which would be poison for NaN).
+    bits_ = builder.sub(builder.bitcast(t, ity), ir.Constant(ity, k["magic_bits"] - k["bias"]))
+    scale = builder.bitcast(builder.shl(bits_, ir.Constant(ity, k["mantissa"])), ty)
+    result = builder.fmul(p, scale)
+    return builder.select(builder.fcmp_ordered("<", v, lo), c(0.0), result)
+
+
 @intrinsic
 def _vexp(typingctx, x):
     """exp(x) for x <= 0 as straight-line IR the loop vectoriser can widen."""
@@ -90,30 +124,61 @@ def _vexp(typingctx, x):
         return None
 
     def codegen(context, builder, sig, args):
-        (v,) = args
-        ty = v.type
-        k = _EXP[sig.return_type.bitwidth]
-        ity = ir.IntType(sig.return_type.bitwidth)
+        return _exp_ir(builder, args[0], sig.return_type.bitwidth)
+
+    return x(x), codegen
+
+
+def _tanh_taylor(count):
+    """The first `count` Taylor coefficients of tanh after u: those of u^3, u^5, ...; the
+    coefficient of u^(2k-1) is 2^2k (2^2k - 1) B_2k / (2k)! (B: Bernoulli numbers, exact)."""
+    bern = [Fraction(1)]
+    for m in range(1, 2 * count + 3):
+        bern.append(-sum(math.comb(m + 1, k) * bern[k] for k in range(m)) / (m + 1))
+    return [float(4**k * (4**k - 1) * bern[2 * k] / math.factorial(2 * k))
+            for k in range(2, count + 2)]
+
+
+# Below |u| = 1/4 tanh is the odd polynomial: each term is ~40x smaller than the last there, so
+# 6 terms reach float32 rounding and 12 float64's. Above it (1 - e) / (1 + e), e = exp(-2|u|),
+# loses at most a few ulps to the subtraction (near 0 it would lose all of u's low bits).
+_TANH_NEAR = 0.25
+_TANH_POLY = {32: _tanh_taylor(6), 64: _tanh_taylor(12)}
+
+
+def _float_intrinsic(builder, name, args):
+    t = args[0].type
+    fn = builder.module.declare_intrinsic(name, [t], ir.FunctionType(t, [t] * len(args)))
+    return builder.call(fn, args)
+
+
+@intrinsic
+def _vtanh(typingctx, x):
+    """tanh(x) as straight-line IR (selects, no branches) the loop vectoriser can widen."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        (u,) = args
+        ty = u.type
+        bits = sig.return_type.bitwidth
 
         def c(value):
             return ir.Constant(ty, value)
 
-        lo, hi = c(k["lo"]), c(k["hi"])
-        xc = builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
-        xc = builder.select(builder.fcmp_ordered("<", xc, lo), lo, xc)
-        t = _fmuladd(builder, xc, c(k["log2e"]), c(k["magic"]))
-        n = builder.fsub(t, c(k["magic"]))
-        r = _fmuladd(builder, n, c(-k["ln2"][0]), xc)
-        r = _fmuladd(builder, n, c(-k["ln2"][1]), r)
-        p = c(k["poly"][0])
-        for coef in k["poly"][1:]:
-            p = _fmuladd(builder, p, r, c(coef))
-        # 2^n: the exponent field is n + bias, and n is t's low bits minus the magic's (integer
-        # ops on the bits: no float-to-int conversion, which would be poison for NaN).
-        bits = builder.sub(builder.bitcast(t, ity), ir.Constant(ity, k["magic_bits"] - k["bias"]))
-        scale = builder.bitcast(builder.shl(bits, ir.Constant(ity, k["mantissa"])), ty)
-        result = builder.fmul(p, scale)
-        return builder.select(builder.fcmp_ordered("<", v, lo), c(0.0), result)
+        mag = _float_intrinsic(builder, "llvm.fabs", [u])
+        e = _exp_ir(builder, builder.fmul(mag, c(-2.0)), bits)
+        far = builder.fdiv(builder.fsub(c(1.0), e), builder.fadd(c(1.0), e))
+        far = _float_intrinsic(builder, "llvm.copysign", [far, u])  # NaN stays NaN
+        near_side = builder.fcmp_ordered("<", mag, c(_TANH_NEAR))
+        uc = builder.select(near_side, u, c(0.0))  # keeps the unused polynomial finite
+        u2 = builder.fmul(uc, uc)
+        coefs = _TANH_POLY[bits]
+        p = c(coefs[-1])
+        for coef in reversed(coefs[:-1]):
+            p = _fmuladd(builder, p, u2, c(coef))
+        near = _fmuladd(builder, builder.fmul(uc, u2), p, uc)
+        return builder.select(near_side, near, far)
 
     return x(x), codegen
 
@@ -165,35 +230,120 @@ def _radd(typingctx, a, b):
 @njit(**_OPTS)
 def _smooth_sum(xb, wb, m):
     """sum_j w_j (z_j - m) over a block, in float64 (z - m of float32 logits near the float32
-    limit overflows). A loop of its own, after the exp loop over the same (cached) block: in
-    one loop the float64 half would halve the vector width of the exp."""
+    limit overflows); a class of weight 0 counts 0, also at z = -inf (0 * -inf is NaN). A loop
+    of its own, after the exp loop over the same (cached) block: in one loop the float64 half
+    would halve the vector width of the exp."""
     total = 0.0
     for j in range(xb.shape[0]):
-        total = _radd(total, wb[j] * (np.float64(xb[j]) - m))
+        term = wb[j] * (np.float64(xb[j]) - m)
+        total = _radd(total, term if wb[j] != 0.0 else 0.0)
     return total
+
+
+@njit(**_OPTS)
+def _soft_weights(tr, w64, keep, spread, q64, qx, qcum):
+    """A probability-target row's q_j = w_j (keep t_j + spread) into q64 (float64) and qx (the
+    logits' dtype, for the gradient loop); qcum[k] = the sum of q over blocks 0..k-1. Returns
+    sum q. q then plays the part of the smoothing weights (see _rows)."""
+    total = 0.0
+    qcum[0] = 0.0
+    for c0 in range(0, tr.shape[0], _BLOCK):
+        tb, wb = tr[c0:c0 + _BLOCK], w64[c0:c0 + _BLOCK]
+        qb, qxb = q64[c0:c0 + _BLOCK], qx[c0:c0 + _BLOCK]
+        bs = 0.0
+        for j in range(tb.shape[0]):
+            q = wb[j] * (keep * tb[j] + spread)
+            qb[j] = q
+            qxb[j] = q
+            bs = _radd(bs, q)
+        total += bs
+        qcum[c0 // _BLOCK + 1] = total
+    return total
+
+
+@njit(**_OPTS)
+def _cap_row(xr, z, inv_cap, cap):
+    """z = cap * tanh(x / cap), in the compute dtype (never rounded to 16 bits)."""
+    for j in range(xr.shape[0]):
+        z[j] = _vtanh(xr[j] * inv_cap) * cap
+
+
+@njit(**_OPTS)
+def _cap_grad(gr, z, inv_cap):
+    """The gradient with respect to z times d z / d x = 1 - tanh^2 = (1 - t)(1 + t), t = z / cap
+    (the factored form keeps its precision where t is near 1)."""
+    one = z.dtype.type(1)
+    for j in range(gr.shape[0]):
+        t = z[j] * inv_cap
+        gr[j] = gr[j] * ((one - t) * (one + t))
+
+
+@njit(**_OPTS)
+def _first_argmax_is(xr, y, m):
+    """No logit before y equals the row max m (the caller checks z_y == m and no NaN)."""
+    hits = 0
+    for j in range(y):
+        hits += np.int64(xr[j] == m)
+    return hits == 0
+
+
+@njit(**_OPTS)
+def _has_nan(xr):
+    for j in range(xr.shape[0]):
+        if xr[j] != xr[j]:
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------------------------
 # The kernel: rows [r0, r1). x and g are the flat storage of the (N, C) logits and output
 # (gradient or softmax rows) with row strides xs and gs in elements. w (logits' dtype) and w64
 # hold the class weights, ones when unweighted; wcum[k] is the weight of blocks 0..k-1 (only
-# read with label smoothing). labels of length 0 (the softmax family) mean no labels; grows of
-# length 0 means no per-row grad_output. lse is written (forward, fused, logsumexp) or read
-# (backward); row_loss is written by the cross-entropy modes.
+# read with label smoothing). labels of length 0 (the softmax family, probability targets) mean
+# no labels; grows of length 0 means no per-row grad_output. lse is written (forward, fused,
+# logsumexp) or read (backward); row_loss is written by the cross-entropy modes.
+# Options: tg (flat, row stride ts) holds probability targets, or is empty; z_loss adds
+# z_loss * lse^2 per row (row_z, written when not empty) with gradient scale zscale; correct
+# (when not empty) gets 1 where the row's first argmax is its label; cap != 0 soft-caps.
+#
+# Probability targets reuse the smoothing machinery: q_j = w_j ((1 - eps) t_j + eps / C) takes
+# the place of the smoothing weights w_j, with factor 1 instead of eps / C and no label term:
+# loss = sum q * log s - sum_j q_j (z_j - m), grad_j = g (p_j sum q - q_j).
+# Soft-capped rows are capped into a scratch row first; everything then reads that row, and the
+# gradient is multiplied by the cap's derivative at the end.
 
 
 @njit(**_OPTS)
 def _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, grows, lse,
-          row_loss, g, gs, r0, r1):
-    smooth = eps != 0.0  # with eps = 0 the smoothing sum is never formed: 0 * inf would be NaN
-    x, g, w, w64 = _borrow(x), _borrow(g), _borrow(w), _borrow(w64)
+          row_loss, g, gs, tg, ts, z_loss, zscale, row_z, correct, cap, r0, r1):
+    soft = tg.shape[0] > 0
+    capped = cap != 0.0
+    # With eps = 0 and class labels the smoothing sum is never formed: 0 * inf would be NaN.
+    smooth = eps != 0.0 or soft
+    want_z = row_z.shape[0] > 0
+    want_correct = correct.shape[0] > 0
+    x, g, w, w64, tg = _borrow(x), _borrow(g), _borrow(w), _borrow(w64), _borrow(tg)
+    # (Also the arrays that per-row aliases like swcum below would otherwise count.)
+    wcum, labels, grows = _borrow(wcum), _borrow(labels), _borrow(grows)
     zero = x.dtype.type(0)
+    # Scratch rows for this group of rows (empty when unused; kept reference-counted, since
+    # a borrowed view would not keep them alive): the capped logits, a soft row's weights.
+    z = np.empty(n if capped else 0, x.dtype)
+    q64 = np.empty(n if soft else 0)
+    qx = np.empty(n if soft else 0, x.dtype)
+    qcum = np.empty((n + _BLOCK - 1) // _BLOCK + 1 if soft else 0)
+    capx = x.dtype.type(cap)
+    inv_capx = x.dtype.type(1.0 / cap if capped else 0.0)
     for i in range(r0, r1):
         y = labels[i] if labels.shape[0] > 0 else 0
         if y == ignore:
             if mode != _BACKWARD:
                 row_loss[i] = 0.0
                 lse[i] = zero
+                if want_z:
+                    row_z[i] = 0.0
+                if want_correct:
+                    correct[i] = 0
             if mode != _FORWARD:
                 gr = g[i * gs:i * gs + n]
                 for j in range(n):
@@ -201,26 +351,47 @@ def _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, gro
             continue
         xr = x[i * xs:i * xs + n]
         gr = g[i * gs:i * gs + n]
-        wy = w64[y]
-        zy = np.float64(xr[y])
+        if capped:
+            _cap_row(xr, z, inv_capx, capx)
+            xr = z
+        # The smoothing weights: the class weights, or a soft row's q.
+        sw, sw64, swcum, swtotal = w, w64, wcum, wtotal
+        if soft:
+            swtotal = _soft_weights(tg[i * ts:i * ts + n], w64, 1.0 - eps, eps / n, q64, qx, qcum)
+            sw, sw64, swcum = qx, q64, qcum
+            wy = 0.0
+            zy = 0.0
+            label_factor = 0.0  # loss = label_factor * nll + smooth_factor * (smoothing sum)
+            smooth_factor = 1.0
+        else:
+            wy = w64[y]
+            zy = np.float64(xr[y])
+            label_factor = (1.0 - eps) * wy
+            smooth_factor = eps / n
         gi = gscale * grows[i] if grows.shape[0] > 0 else gscale
-        label_coef = gi * (1.0 - eps) * wy
-        smooth_coef = gi * eps / n if smooth else 0.0
-        p_coef = label_coef + smooth_coef * wtotal
+        zgi = zscale * grows[i] if grows.shape[0] > 0 else zscale
+        label_coef = gi * label_factor
+        smooth_coef = gi * smooth_factor if smooth else 0.0
+        p_coef = label_coef + smooth_coef * swtotal
 
         if mode == _BACKWARD:
             # One read, one write: exp(z - lse) * coef - smoothing term; no max or sum.
             lse_i = np.float64(lse[i])
+            if z_loss != 0.0:
+                p_coef += zgi * 2.0 * z_loss * lse_i
             shift = x.dtype.type(lse_i)
             alpha = x.dtype.type(p_coef)
             beta = x.dtype.type(smooth_coef)
             if smooth:
                 for j in range(n):
-                    gr[j] = _vexp(xr[j] - shift) * alpha - beta * w[j]
+                    gr[j] = _vexp(xr[j] - shift) * alpha - beta * sw[j]
             else:  # not reading w saves a stream of loads
                 for j in range(n):
                     gr[j] = _vexp(xr[j] - shift) * alpha
-            gr[y] = math.exp(zy - lse_i) * p_coef - smooth_coef * wy - label_coef
+            if not soft:
+                gr[y] = math.exp(zy - lse_i) * p_coef - smooth_coef * wy - label_coef
+            if capped:
+                _cap_grad(gr, z, inv_capx)
             continue
 
         t = 0.0  # sum_j w_j (z_j - m), with smoothing only
@@ -234,7 +405,7 @@ def _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, gro
             for c0 in range(0, n, _BLOCK):
                 # Block views: a loop from 0 lets Numba drop its negative-index wraparound,
                 # which otherwise keeps LLVM from vectorising the loads.
-                xb, gb, wb = xr[c0:c0 + _BLOCK], gr[c0:c0 + _BLOCK], w64[c0:c0 + _BLOCK]
+                xb, gb, wb = xr[c0:c0 + _BLOCK], gr[c0:c0 + _BLOCK], sw64[c0:c0 + _BLOCK]
                 bs = zero
                 for j in range(xb.shape[0]):
                     e = _vexp(xb[j] - ms)
@@ -252,14 +423,14 @@ def _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, gro
             s = 0.0
             nan = False
             for c0 in range(0, n, _BLOCK):
-                xb, wb = xr[c0:c0 + _BLOCK], w64[c0:c0 + _BLOCK]
+                xb, wb = xr[c0:c0 + _BLOCK], sw64[c0:c0 + _BLOCK]
                 bm = xb[0]
                 for j in range(1, xb.shape[0]):
                     bm = _fmax(bm, xb[j])
                 if bm > m:
                     s *= math.exp(m - bm)
                     if smooth:
-                        wsum = wcum[c0 // _BLOCK]
+                        wsum = swcum[c0 // _BLOCK]
                         if wsum != 0.0:
                             t -= wsum * (bm - m)
                     m = np.float64(bm)
@@ -291,12 +462,24 @@ def _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, gro
                 gr[j] = (xr[j] - ms) - ls
             continue
         if mode != _SOFTMAX:
-            # (m - z_y) + log s rather than lse - z_y: exact when |m| dwarfs log s (-1e30 logits).
-            loss = (1.0 - eps) * wy * ((m - zy) + log_s)
+            loss = 0.0
+            if label_factor != 0.0:  # a label of weight 0 counts 0, also at z_y = -inf
+                # (m - z_y) + log s rather than lse - z_y: exact when |m| dwarfs log s.
+                loss = label_factor * ((m - zy) + log_s)
             if smooth:
-                loss += eps / n * (wtotal * log_s - t)
+                loss += smooth_factor * (swtotal * log_s - t)
             row_loss[i] = loss
             lse[i] = lse_i
+            if want_z:
+                row_z[i] = z_loss * lse_i * lse_i
+            if z_loss != 0.0:
+                p_coef += zgi * 2.0 * z_loss * lse_i
+            if want_correct:
+                # The first argmax is the label: z_y is the max, none equal before, no NaN.
+                # (A NaN s without a NaN logit: an all -inf row, or +inf logits.)
+                ms = x.dtype.type(m)
+                correct[i] = (zy == m and _first_argmax_is(xr, y, ms)
+                              and (s == s or not _has_nan(xr)))
             if mode == _FORWARD:
                 continue
         else:
@@ -306,27 +489,33 @@ def _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, gro
         beta = x.dtype.type(smooth_coef)
         if smooth:
             for j in range(n):
-                gr[j] = gr[j] * alpha - beta * w[j]
+                gr[j] = gr[j] * alpha - beta * sw[j]
         else:
             for j in range(n):
                 gr[j] = gr[j] * alpha
         if mode == _FUSED:
-            # p_y * coef - label_coef cancels when p_y is near 1: recompute it in float64 from
-            # the logit rather than from the rounded stored exp.
-            gr[y] = math.exp((zy - m) - log_s) * p_coef - smooth_coef * wy - label_coef
+            if not soft:
+                # p_y * coef - label_coef cancels when p_y is near 1: recompute it in float64
+                # from the logit rather than from the rounded stored exp.
+                gr[y] = math.exp((zy - m) - log_s) * p_coef - smooth_coef * wy - label_coef
+            if capped:
+                _cap_grad(gr, z, inv_capx)
 
 
 @njit(parallel=True, **_OPTS)
 def _rows_parallel(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, grows,
-                   lse, row_loss, g, gs, rows):
+                   lse, row_loss, g, gs, tg, ts, z_loss, zscale, row_z, correct, cap, rows, group):
     # Borrowed views: the call below would otherwise count references to every array for
-    # every row, from every thread, on the same counters.
+    # every group, from every thread, on the same counters.
     x, labels, w, w64, wcum = _borrow(x), _borrow(labels), _borrow(w), _borrow(w64), _borrow(wcum)
     grows, lse, row_loss, g = _borrow(grows), _borrow(lse), _borrow(row_loss), _borrow(g)
-    for i in prange(rows):
-        r = np.int64(i)  # prange's index is unsigned: another type would compile _rows again
+    tg, row_z, correct = _borrow(tg), _borrow(row_z), _borrow(correct)
+    # Groups of rows rather than rows: each call allocates its scratch rows once.
+    for k in prange((rows + group - 1) // group):
+        r0 = np.int64(k) * group  # prange's index is unsigned: another type would compile _rows again
         _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, grows, lse,
-              row_loss, g, gs, r, r + 1)
+              row_loss, g, gs, tg, ts, z_loss, zscale, row_z, correct, cap, r0,
+              min(r0 + group, rows))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,11 +574,11 @@ def _launch(rows, classes, *args):
     if threads > 1 and _lock.acquire(blocking=False):
         try:
             numba.set_num_threads(threads)
-            # Rows handed out in chunks as threads become free (the default gives each thread
-            # one fixed share, so one descheduled thread holds up the whole call).
-            old = numba.set_parallel_chunksize(max(1, rows // (threads * 8)))
+            # Groups of rows handed out one at a time as threads become free (the default
+            # gives each thread one fixed share, so one descheduled thread holds up the call).
+            old = numba.set_parallel_chunksize(1)
             try:
-                _rows_parallel(*args, rows)
+                _rows_parallel(*args, rows, max(1, rows // (threads * 8)))
             finally:
                 numba.set_parallel_chunksize(old)
         finally:
@@ -412,7 +601,13 @@ class _Call:
         dtype = logits.dtype
         self.rows, self.classes = logits.shape
         self.x, self.xs = _logits_flat(logits)
-        self.labels = _writable(np.ascontiguousarray(problem.labels64()))
+        if problem.soft:
+            self.labels = _empty(np.int64)
+            # (N, C) contiguous in the compute dtype (_checks): its flat storage, stride C.
+            self.targets = _writable(problem.targets).reshape(-1)
+        else:
+            self.labels = _writable(np.ascontiguousarray(problem.labels64()))
+            self.targets = _empty(dtype)
         ignore = problem.ignore_index
         # An ignore_index outside int64 matches no (checked, int64) label; neither does -1.
         self.ignore = ignore if _INT64.min <= ignore <= _INT64.max else -1
@@ -426,31 +621,46 @@ class _Call:
             self.weight = self.w64 = _writable(np.ascontiguousarray(problem.weight, dtype=_F64))
             self.w = self.w64 if dtype == _F64 else self.w64.astype(dtype)
             self.wtotal = float(self.w64.sum())
-        if self.eps != 0.0:
+        if self.eps != 0.0 and not problem.soft:
             blocks = np.add.reduceat(self.w64, np.arange(0, c, _BLOCK))
             self.wcum = np.concatenate(([0.0], np.cumsum(blocks)))
         else:
             self.wcum = _empty(_F64)
         self._denominator = None
 
+    def kept(self) -> int:
+        """The number of rows not ignored (the z-loss and accuracy divisor)."""
+        if self.problem.soft:
+            return self.rows
+        return int(np.count_nonzero(self.labels != self.ignore))
+
     def denominator(self) -> float:
-        """The summed target weight of the rows not ignored (the "mean" divisor)."""
+        """The summed target weight of the rows not ignored (the "mean" divisor), or the
+        number of rows for probability targets."""
         if self._denominator is None:
-            keep = self.labels != self.ignore
-            if self.weight is None:
-                self._denominator = float(np.count_nonzero(keep))
+            if self.problem.soft or self.weight is None:
+                self._denominator = float(self.kept())
             else:
+                keep = self.labels != self.ignore
                 self._denominator = float(self.weight[self.labels[keep]].sum())
         return self._denominator
 
-    def run(self, mode, grad_scalar, grad_rows, lse, grad_out):
-        """Run the kernel; returns the per-row losses (float64)."""
-        row_loss = np.empty(self.rows)
-        if self.rows == 0:
-            return row_loss
-        gscale = float(grad_scalar)
-        if mode != _FORWARD and self.problem.reduction == "mean":
+    def run(self, mode, grad_scalar, grad_rows, lse, grad_out, want_accuracy=False):
+        """Run the kernel; returns the per-row losses, the per-row z-loss terms (or None) and
+        the per-row correct flags (or None)."""
+        problem = self.problem
+        rows = self.rows
+        row_loss = np.empty(rows)
+        want_z = problem.z_loss != 0.0 and mode != _BACKWARD
+        row_z = np.empty(rows) if want_z else _empty(_F64)
+        correct = np.empty(rows, np.uint8) if want_accuracy else _empty(np.uint8)
+        result = row_loss, (row_z if want_z else None), (correct if want_accuracy else None)
+        if rows == 0:
+            return result
+        gscale = zscale = float(grad_scalar)
+        if mode != _FORWARD and problem.reduction == "mean":
             gscale = _divide(gscale, self.denominator())
+            zscale = _divide(zscale, float(self.kept()))
         grows = _empty(_F64) if grad_rows is None else _writable(
             np.ascontiguousarray(grad_rows, dtype=_F64))
         target = None
@@ -461,31 +671,44 @@ class _Call:
             # Rows going backwards, or the gradient over the logits (out=logits): write a
             # temporary and copy it over. Over the logits, LLVM's runtime overlap checks would
             # pick the scalar loops (slower, and sums in another order than a separate out=).
-            if flat is None or np.may_share_memory(grad_out, self.problem.logits):
+            if flat is None or np.may_share_memory(grad_out, problem.logits):
                 target, grad_out = grad_out, np.empty(grad_out.shape, grad_out.dtype)
                 flat = _flat(grad_out)
             g, gs = flat
-        _launch(self.rows, self.classes, mode, self.x, self.xs, self.classes, self.labels,
+        _launch(rows, self.classes, mode, self.x, self.xs, self.classes, self.labels,
                 self.ignore, self.w, self.w64, self.wcum, self.wtotal, self.eps, gscale, grows,
-                lse, row_loss, g, gs)
+                lse, row_loss, g, gs, self.targets, self.classes, problem.z_loss, zscale, row_z,
+                correct, problem.softcap or 0.0)
         if target is not None:
             target[...] = grad_out
-        return row_loss
+        return result
 
-    def reduce(self, row_loss):
+    def reduce(self, row_loss, row_z):
+        """(loss, z-loss term), reduced as the call asks: "mean" divides the cross-entropy by
+        denominator() and the z-loss by the rows not ignored."""
         reduction = self.problem.reduction
         if reduction == "none":
-            return row_loss
+            if row_z is None:
+                return row_loss, np.zeros(self.rows)
+            return row_loss + row_z, row_z
         total = float(row_loss.sum())
+        z_total = 0.0 if row_z is None else float(row_z.sum())
         if reduction == "sum":
-            return total
-        return _divide(total, self.denominator())
+            return total + z_total, z_total
+        z_mean = _divide(z_total, float(self.kept()))
+        return _divide(total, self.denominator()) + z_mean, z_mean
+
+    def accuracy(self, correct):
+        if correct is None:
+            return None
+        return _divide(float(np.count_nonzero(correct)), float(self.kept()))
 
 
 # float16 / bfloat16 logits: Numba has no 16-bit float arithmetic (and no bfloat16 at all), so
 # these kernels run on a float32 copy of the logits and a float32 gradient that is then rounded
 # to the 16-bit dtype (the float32 rounding in between can differ from the cpp backend's single
-# rounding by one 16-bit ulp in rare ties). lse is float32 either way.
+# rounding by one 16-bit ulp in rare ties). lse is float32 either way, and so are soft-capped
+# logits (never rounded to 16 bits) and probability targets (_checks gives them in float32).
 
 
 def _upcast(problem: Problem) -> Problem:
@@ -493,7 +716,7 @@ def _upcast(problem: Problem) -> Problem:
         return problem
     return Problem(problem.logits.astype(np.float32), problem.labels, problem.shape,
                    problem.weight, problem.ignore_index, problem.smoothing, problem.reduction,
-                   None)
+                   None, targets=problem.targets, z_loss=problem.z_loss, softcap=problem.softcap)
 
 
 def _float32_out(grad_out):
@@ -503,33 +726,37 @@ def _float32_out(grad_out):
     return np.empty(grad_out.shape, np.float32), grad_out
 
 
-def _plain(problem: Problem, want_accuracy=False):
-    if problem.soft or problem.z_loss or problem.softcap is not None or want_accuracy:
-        raise NotImplementedError("numba backend: probability targets, z_loss, softcap, accuracy")
+def _check_accuracy(problem: Problem, want_accuracy):
+    if want_accuracy and problem.soft:
+        raise ValueError("return_accuracy needs class-index labels, not probability targets")
 
 
 def forward(problem: Problem, want_accuracy=False):
     """(reduced loss or per-row float64 losses, per-row lse in the logits' dtype, float32 for
-    16-bit logits, z-loss term, accuracy)."""
-    _plain(problem, want_accuracy)
+    16-bit logits, z-loss term reduced like the loss, accuracy or None)."""
+    _check_accuracy(problem, want_accuracy)
     call = _Call(_upcast(problem))
     lse = np.empty(call.rows, call.x.dtype)
-    return call.reduce(call.run(_FORWARD, 1.0, None, lse, None)), lse, 0.0, None
+    row_loss, row_z, correct = call.run(_FORWARD, 1.0, None, lse, None, want_accuracy)
+    loss, z_term = call.reduce(row_loss, row_z)
+    return loss, lse, z_term, call.accuracy(correct)
 
 
 def fused(problem: Problem, grad_scalar, grad_rows, grad_out: np.ndarray, want_accuracy=False):
-    _plain(problem, want_accuracy)
+    """(loss, z-loss term, accuracy or None), with the gradient written to grad_out."""
+    _check_accuracy(problem, want_accuracy)
     call = _Call(_upcast(problem))
     lse = np.empty(call.rows, call.x.dtype)
     grad32, target = _float32_out(grad_out)
-    loss = call.reduce(call.run(_FUSED, grad_scalar, grad_rows, lse, grad32))
+    row_loss, row_z, correct = call.run(_FUSED, grad_scalar, grad_rows, lse, grad32,
+                                        want_accuracy)
     if target is not None:
         target[...] = grad32
-    return loss, 0.0, None
+    loss, z_term = call.reduce(row_loss, row_z)
+    return loss, z_term, call.accuracy(correct)
 
 
 def backward(problem: Problem, lse: np.ndarray, grad_scalar, grad_rows, grad_out: np.ndarray):
-    _plain(problem)
     call = _Call(_upcast(problem))
     lse = _writable(np.ascontiguousarray(lse, dtype=call.x.dtype))
     grad32, target = _float32_out(grad_out)
@@ -557,5 +784,6 @@ def rowop(x: np.ndarray, op: str) -> np.ndarray:
     xf, xs = _logits_flat(x)
     _launch(rows, classes, mode, xf, xs, classes, _empty(np.int64), -1, _ones(classes, dtype),
             _ones(classes, _F64), _empty(_F64), float(classes), 0.0, 1.0, _empty(_F64), lse,
-            _empty(_F64), g, classes)
+            _empty(_F64), g, classes, _empty(dtype), classes, 0.0, 1.0, _empty(_F64),
+            _empty(np.uint8), 0.0)
     return out
