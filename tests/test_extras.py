@@ -358,3 +358,13 @@ def test_options_leave_inputs_unchanged(fast_backend, rng):
     fastxent.cross_entropy_with_grad(x, t, z_loss=0.1, softcap=2.0, out=out, backend=fast_backend)
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(t, t0)
+
+
+def test_z_loss_term_of_no_kept_rows_is_nan_like_the_loss(backend):
+    for z in [0.0, 0.1]:
+        loss, term = fastxent.cross_entropy(np.zeros((2, 3)), np.full(2, -100), z_loss=z,
+                                            return_z_loss=True, backend=backend)
+        assert np.isnan(loss) and np.isnan(term)
+        loss, term = fastxent.cross_entropy(np.zeros((2, 3)), np.full(2, -100), z_loss=z,
+                                            reduction="sum", return_z_loss=True, backend=backend)
+        assert loss == 0 and term == 0

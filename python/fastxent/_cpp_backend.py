@@ -56,11 +56,9 @@ def _kept_rows(problem: Problem) -> int:
 
 def _z_term(problem: Problem, row_z):
     """The z-loss term reduced as the loss is ("mean": over the rows not ignored)."""
-    if row_z is None:
-        return np.zeros(problem.rows) if problem.reduction == "none" else 0.0
     if problem.reduction == "none":
-        return row_z
-    total = float(row_z.sum())
+        return np.zeros(problem.rows) if row_z is None else row_z
+    total = 0.0 if row_z is None else float(row_z.sum())
     if problem.reduction == "sum":
         return total
     kept = _kept_rows(problem)
