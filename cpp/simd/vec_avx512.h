@@ -46,6 +46,19 @@ struct VecF {
   float hsum() const { return _mm512_reduce_add_ps(v); }
   float hmax() const { return _mm512_reduce_max_ps(v); }
   bool any_nan() const { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+  // Masks and lane selection, for rows held one per lane (see vec_avx2.h). No transpose here:
+  // the kernel body's generic one through memory is used (this ISA cannot be run on the
+  // project's test machines, so it gets the simplest code).
+  using mask = __mmask16;
+  friend mask veq(VecF a, VecF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vlt(VecF a, VecF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend VecF vselect(mask m, VecF if_true, VecF if_false) {
+    return {_mm512_mask_blend_ps(m, if_false.v, if_true.v)};
+  }
+  static VecF load_first(const float* p, int n) {
+    return {_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p)};
+  }
+  void store_first(float* p, int n) const { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v); }
   static void split_exponent(VecF x, VecF& mant, VecF& expo) {
     expo.v = _mm512_getexp_ps(x.v);
     mant.v = _mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
@@ -80,6 +93,16 @@ struct VecD {
   double hsum() const { return _mm512_reduce_add_pd(v); }
   double hmax() const { return _mm512_reduce_max_pd(v); }
   bool any_nan() const { return _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) != 0; }
+  using mask = __mmask8;
+  friend mask veq(VecD a, VecD b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vlt(VecD a, VecD b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend VecD vselect(mask m, VecD if_true, VecD if_false) {
+    return {_mm512_mask_blend_pd(m, if_false.v, if_true.v)};
+  }
+  static VecD load_first(const double* p, int n) {
+    return {_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p)};
+  }
+  void store_first(double* p, int n) const { _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), v); }
   static void split_exponent(VecD x, VecD& mant, VecD& expo) {
     expo.v = _mm512_getexp_pd(x.v);
     mant.v = _mm512_getmant_pd(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
