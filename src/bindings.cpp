@@ -8,6 +8,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -94,10 +95,11 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   a.ignore_index = ignore_index;
   a.smoothing = smoothing;
 
-  std::vector<int64_t> labels64(size_t(a.rows));
+  // Not std::vector: its zero-filling would be a whole extra pass over the labels' size.
+  std::unique_ptr<int64_t[]> labels64(new int64_t[size_t(a.rows)]);
   read_labels(labels.data(), int_type(labels.dtype()), a.rows, int64_t(labels.stride(0)), a.classes,
-              ignore_index, labels64.data());
-  a.labels = labels64.data();
+              ignore_index, labels64.get());
+  a.labels = labels64.get();
 
   std::vector<float> weight32;
   const double* w = weight ? weight->data() : nullptr;
@@ -115,13 +117,13 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   a.grad_rows = grad_rows ? grad_rows->data() : nullptr;
   a.lse = const_cast<void*>(lse.data());
 
-  std::vector<double> own_row_loss;
+  std::unique_ptr<double[]> own_row_loss;
   if (mode != CeMode::backward) {
     if (row_loss) {
       a.row_loss = row_loss->data();
     } else {
-      own_row_loss.resize(size_t(a.rows));
-      a.row_loss = own_row_loss.data();
+      own_row_loss.reset(new double[size_t(a.rows)]);  // every row is written by the kernels
+      a.row_loss = own_row_loss.get();
     }
   }
   if (mode != CeMode::forward) {
@@ -133,8 +135,7 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
     run_cross_entropy(a, mode);
   }
   if (mode == CeMode::backward || reduction == kNone) return NAN;
-  double total = 0;
-  for (int64_t i = 0; i < a.rows; ++i) total += a.row_loss[i];
+  const double total = sum_values(a.row_loss, a.rows);
   return reduction == kMean ? total / denom : total;
 }
 
