@@ -84,19 +84,24 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   int64_t i0 = r0;
   for (; i0 + W <= r1; i0 += kSmallBatch) {
     const int rows = int(min64(kSmallBatch, (r1 - i0) / W * W));
+    // Simple loops the compiler vectorises (labels are validated: in [0, C) or ignore_index,
+    // so the class index fits int32).
+    const int64_t* yb = labels + i0;
+    for (int k = 0; k < rows; ++k) yf_b[k] = yb[k] == ignore_index ? S(-1) : S(int32_t(yb[k]));
+    if (w) {
+      for (int k = 0; k < rows; ++k) wy_b[k] = yf_b[k] < 0 ? S(0) : w[yb[k]];
+    } else {
+      for (int k = 0; k < rows; ++k) wy_b[k] = yf_b[k] < 0 ? S(0) : S(1);
+    }
     for (int k0 = 0; k0 < rows; k0 += W) {
       bool any_ignored = false;
-      for (int k = k0; k < k0 + W; ++k) {
-        const int64_t y = labels[i0 + k];
-        const bool ignored = y == ignore_index;
-        any_ignored |= ignored;
-        yf_b[k] = ignored ? S(-1) : S(y);
-        wy_b[k] = ignored ? S(0) : (w ? w[y] : S(1));  // kWeighted: only for smoothing
-      }
+      for (int k = k0; k < k0 + W; ++k) any_ignored |= yf_b[k] < 0;
       ignored_b[k0 / W] = any_ignored;
     }
     if constexpr (kGrad) {
-      for (int k = 0; k < rows; ++k) g_b[k] = S(grad_scale * (grad_rows ? grad_rows[i0 + k] : 1.0));
+      if (grad_rows) {
+        for (int k = 0; k < rows; ++k) g_b[k] = S(grad_scale * grad_rows[i0 + k]);
+      }
     }
     for (int k = 0; k < rows; k += W) {
       const int64_t i = i0 + k;
@@ -134,10 +139,11 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         shift = cols[0];
         for (int j = 1; j < C; ++j) shift = vmax(shift, cols[j]);
       }
-      for (int j = 0; j < C; ++j) {
+      V jv = zero;  // the class index j in every lane
+      for (int j = 0; j < C; ++j, jv = jv + one) {
         const V d = cols[j] - shift;
         const V e = vexp(d);
-        const auto is_y = veq(yf, V::set1(S(j)));
+        const auto is_y = veq(yf, jv);
         ey = vselect(is_y, e, ey);
         rest = rest + vselect(is_y, zero, e);
         if constexpr (kLoss) dy = vselect(is_y, d, dy);
@@ -150,14 +156,18 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
       const V s = rest + ey;
 
       if constexpr (kLoss) {
-        const V log_s = vlog(s);
+        // -log p_y: (m - z_y) + log s, or where p_y > 1/2, log1p(u) with u = rest / ey, and
+        // then log s = (z_y - m) + log1p(u). log1p(u) = log(v) - ((v - 1) - u) / v with
+        // v = 1 + u rounded is exact to rounding. One log per lane: of v or of s.
+        const V u = rest / ey, vu = one + u;
+        const auto confident = vlt(u, one);
+        const V log_arg = vlog(vselect(confident, vu, s));
+        const V log1p_u = log_arg - ((vu - one) - u) / vu;
+        const V nll = vselect(confident, log1p_u, log_arg - dy);
+        const V log_s = vselect(confident, dy + log1p_u, log_arg);
         // An all -inf row: lse = -inf (its loss and gradient are NaN from -inf - -inf).
         const V lse = vselect(veq(shift, V::set1(S(-kInf))), shift, shift + log_s);
         vselect(keep, lse, zero).store(lse_io + i);
-        // -log p_y: (m - z_y) + log s, or log1p(u), u = rest / ey, where p_y > 1/2; log1p(u) =
-        // log(v) - ((v - 1) - u) / v with v = 1 + u rounded is exact to rounding.
-        const V u = rest / ey, vu = one + u;
-        const V nll = vselect(vlt(u, one), vlog(vu) - ((vu - one) - u) / vu, log_s - dy);
         vselect(keep, V::set1(keep_label) * wy * nll, zero).store(loss_b + k);
         if constexpr (kSmooth) {
           log_s.store(log_s_b + k);
@@ -168,7 +178,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
       if constexpr (kGrad) {
         // grad_j = p_j p_coef - smooth_coef w_j, and at the label
         // -label_coef rest / s + smooth_coef (W p_y - w_y); 0 in ignored rows (even NaN rows).
-        const V g = V::load(g_b + k);
+        const V g = grad_rows ? V::load(g_b + k) : V::set1(S(grad_scale));
         const V label_coef = g * V::set1(keep_label) * wy;
         const V inv_s = one / s;
         V p_coef = label_coef, smooth_coef = zero, label = zero - label_coef * (rest * inv_s);
@@ -179,10 +189,11 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         }
         // In backward cols hold exp(z - lse) = p already; in the fused pass exp(z - m) = p s.
         const V alpha = kMode == CeMode::backward ? p_coef : p_coef * inv_s;
-        for (int j = 0; j < C; ++j) {
+        V jv = zero;
+        for (int j = 0; j < C; ++j, jv = jv + one) {
           V gj = cols[j] * alpha;
           if constexpr (kSmooth) gj = gj - (kWeighted ? smooth_coef * wv[j] : smooth_coef);
-          cols[j] = vselect(veq(yf, V::set1(S(j))), label, gj);
+          cols[j] = vselect(veq(yf, jv), label, gj);
         }
         if (ignored_b[k / W]) {
           for (int j = 0; j < C; ++j) cols[j] = vselect(keep, cols[j], zero);
@@ -205,19 +216,19 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         // writes past its row's n classes is rewritten by the next store, so only the stores
         // that would pass the group's end (and every store of strided rows) are cut to n
         // classes through a buffer. (A masked store would do that too, but is microcoded on AMD.)
-        const int64_t group_end = int64_t(W) * C;
-        for (int l = 0; l < W; ++l) {
-          for (int b = 0; b < blocks; ++b) {
-            const int n = C - b * W < W ? C - b * W : W;
-            const int64_t at = l * dst_stride + b * W;
-            const V r = cols[b * W + l];
-            if (dst_stride == C && at + W <= group_end) {
-              r.store(dst + at);
-            } else {
-              r.store(tmp_l);
-              for (int q = 0; q < n; ++q) dst[at + q] = tmp_l[q];
-            }
-          }
+        // Contiguous rows: row l's vectors stay inside the group for l < plain_rows.
+        const int plain_rows = dst_stride == C ? int((int64_t(W) * C - blocks * W) / C) + 1 : 0;
+        const int last_n = C - (blocks - 1) * W;
+        int l = 0;
+        for (; l < plain_rows && l < W; ++l) {
+          S* row = dst + l * dst_stride;
+          for (int b = 0; b < blocks; ++b) cols[b * W + l].store(row + b * W);
+        }
+        for (; l < W; ++l) {
+          S* row = dst + l * dst_stride;
+          for (int b = 0; b + 1 < blocks; ++b) cols[b * W + l].store(row + b * W);
+          cols[(blocks - 1) * W + l].store(tmp_l);
+          for (int q = 0; q < last_n; ++q) row[(blocks - 1) * W + q] = tmp_l[q];
         }
         if constexpr (kNarrow<T>) {
           T* gout = grad + i * grad_stride;
