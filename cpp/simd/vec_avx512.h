@@ -9,7 +9,8 @@ struct VecF {
 
   static VecF load(const float* p) { return {_mm512_loadu_ps(p)}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
-  void stream(float* p) const { _mm512_stream_ps(p, v); }
+  void stream(float* p) const { _mm512_stream_ps(p, v); }  // p aligned to 64 bytes
+  static void store_fence() { _mm_sfence(); }
   static VecF set1(float s) { return {_mm512_set1_ps(s)}; }
   // 16-bit storage: float16 with AVX512F's conversions, bfloat16 as the high half of a float's
   // bits. Stores round to nearest even; NaN stays NaN, inf stays inf.
@@ -78,6 +79,7 @@ struct VecD {
   static VecD load(const double* p) { return {_mm512_loadu_pd(p)}; }
   void store(double* p) const { _mm512_storeu_pd(p, v); }
   void stream(double* p) const { _mm512_stream_pd(p, v); }
+  static void store_fence() { _mm_sfence(); }
   static VecD set1(double s) { return {_mm512_set1_pd(s)}; }
 
   friend VecD operator+(VecD a, VecD b) { return {_mm512_add_pd(a.v, b.v)}; }

@@ -10,6 +10,7 @@ struct VecF {
   static VecF load(const float* p) { return {vld1q_f32(p)}; }
   void store(float* p) const { vst1q_f32(p, v); }
   void stream(float* p) const { vst1q_f32(p, v); }
+  static void store_fence() {}
   static VecF set1(float s) { return {vdupq_n_f32(s)}; }
   // 16-bit storage: float16 with the aarch64 conversions (FPCR's rounding: nearest even),
   // bfloat16 as the high half of a float's bits. NaN stays NaN, inf stays inf.
@@ -86,6 +87,7 @@ struct VecD {
   static VecD load(const double* p) { return {vld1q_f64(p)}; }
   void store(double* p) const { vst1q_f64(p, v); }
   void stream(double* p) const { vst1q_f64(p, v); }
+  static void store_fence() {}
   static VecD set1(double s) { return {vdupq_n_f64(s)}; }
 
   friend VecD operator+(VecD a, VecD b) { return {vaddq_f64(a.v, b.v)}; }
