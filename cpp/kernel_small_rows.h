@@ -71,7 +71,6 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   }
   // 16-bit rows are widened into stage (contiguous rows), and their gradient rounded from it.
   alignas(64) S stage[kNarrow<T> ? kSmallClasses * W : 1];
-  alignas(64) S tmp_l[W];
   // Per row of the batch: in, the label as a float (-1 when ignored), its weight (0 when
   // ignored), the gradient scale; out, the loss without smoothing, log s and t (smoothing),
   // rest and ey (the label's gradient of 16-bit rows).
@@ -215,7 +214,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         // Rows in order, each a full vector per block: with contiguous rows, what a vector
         // writes past its row's n classes is rewritten by the next store, so only the stores
         // that would pass the group's end (and every store of strided rows) are cut to n
-        // classes through a buffer. (A masked store would do that too, but is microcoded on AMD.)
+        // classes (store_first).
         // Contiguous rows: row l's vectors stay inside the group for l < plain_rows.
         const int plain_rows = dst_stride == C ? int((int64_t(W) * C - blocks * W) / C) + 1 : 0;
         const int last_n = C - (blocks - 1) * W;
@@ -227,8 +226,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         for (; l < W; ++l) {
           S* row = dst + l * dst_stride;
           for (int b = 0; b + 1 < blocks; ++b) cols[b * W + l].store(row + b * W);
-          cols[(blocks - 1) * W + l].store(tmp_l);
-          for (int q = 0; q < last_n; ++q) row[(blocks - 1) * W + q] = tmp_l[q];
+          cols[(blocks - 1) * W + l].store_first(row + (blocks - 1) * W, last_n);
         }
         if constexpr (kNarrow<T>) {
           T* gout = grad + i * grad_stride;

@@ -69,12 +69,30 @@ struct VecF {
     return {_mm256_blendv_ps(if_false.v, if_true.v, m)};
   }
   // The first n lanes (0 < n <= 8) from / to memory; the others are 0 on load and untouched on
-  // store, and their memory is never accessed (so a short last row cannot fault).
+  // store, and their memory is never accessed (so a short last row cannot fault). The store is
+  // pieces of 4, 2 and 1 lanes: a masked store is microcoded on AMD, and a store to a buffer
+  // read back a lane at a time stalls the loads.
   static __m256i first_lanes(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   static VecF load_first(const float* p, int n) { return {_mm256_maskload_ps(p, first_lanes(n))}; }
-  void store_first(float* p, int n) const { _mm256_maskstore_ps(p, first_lanes(n), v); }
+  void store_first(float* p, int n) const {
+    if (n == 8) return store(p);
+    __m128 part = _mm256_castps256_ps128(v);
+    if (n >= 4) {
+      _mm_storeu_ps(p, part);
+      part = _mm256_extractf128_ps(v, 1);
+      p += 4;
+      n -= 4;
+    }
+    if (n >= 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
+      part = _mm_movehl_ps(part, part);
+      p += 2;
+      n -= 2;
+    }
+    if (n == 1) _mm_store_ss(p, part);
+  }
   // 8 x 8 transpose: r[i] lane j <-> r[j] lane i.
   static void transpose(VecF* r) {
     const __m256 t0 = _mm256_unpacklo_ps(r[0].v, r[1].v), t1 = _mm256_unpackhi_ps(r[0].v, r[1].v);
@@ -147,7 +165,17 @@ struct VecD {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
   }
   static VecD load_first(const double* p, int n) { return {_mm256_maskload_pd(p, first_lanes(n))}; }
-  void store_first(double* p, int n) const { _mm256_maskstore_pd(p, first_lanes(n), v); }
+  void store_first(double* p, int n) const {
+    if (n == 4) return store(p);
+    __m128d part = _mm256_castpd256_pd128(v);
+    if (n >= 2) {
+      _mm_storeu_pd(p, part);
+      part = _mm256_extractf128_pd(v, 1);
+      p += 2;
+      n -= 2;
+    }
+    if (n == 1) _mm_store_sd(p, part);
+  }
   static void transpose(VecD* r) {
     const __m256d t0 = _mm256_unpacklo_pd(r[0].v, r[1].v), t1 = _mm256_unpackhi_pd(r[0].v, r[1].v);
     const __m256d t2 = _mm256_unpacklo_pd(r[2].v, r[3].v), t3 = _mm256_unpackhi_pd(r[2].v, r[3].v);
