@@ -86,16 +86,18 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
     // Simple loops the compiler vectorises (labels are validated: in [0, C) or ignore_index,
     // so the class index fits int32).
     const int64_t* yb = labels + i0;
-    for (int k = 0; k < rows; ++k) yf_b[k] = yb[k] == ignore_index ? S(-1) : S(int32_t(yb[k]));
+    alignas(64) int32_t y32[kSmallBatch];
+    for (int k = 0; k < rows; ++k) y32[k] = yb[k] == ignore_index ? -1 : int32_t(yb[k]);
+    for (int k = 0; k < rows; ++k) yf_b[k] = S(y32[k]);
     if (w) {
-      for (int k = 0; k < rows; ++k) wy_b[k] = yf_b[k] < 0 ? S(0) : w[yb[k]];
+      for (int k = 0; k < rows; ++k) wy_b[k] = y32[k] < 0 ? S(0) : w[y32[k]];
     } else {
-      for (int k = 0; k < rows; ++k) wy_b[k] = yf_b[k] < 0 ? S(0) : S(1);
+      for (int k = 0; k < rows; ++k) wy_b[k] = y32[k] < 0 ? S(0) : S(1);
     }
     for (int k0 = 0; k0 < rows; k0 += W) {
-      bool any_ignored = false;
-      for (int k = k0; k < k0 + W; ++k) any_ignored |= yf_b[k] < 0;
-      ignored_b[k0 / W] = any_ignored;
+      int32_t any_ignored = 0;
+      for (int k = k0; k < k0 + W; ++k) any_ignored |= y32[k];
+      ignored_b[k0 / W] = any_ignored < 0;  // the sign bit: some label in the group is -1
     }
     if constexpr (kGrad) {
       if (grad_rows) {
