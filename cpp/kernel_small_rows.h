@@ -77,9 +77,13 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   alignas(64) S yf_b[kSmallBatch], wy_b[kSmallBatch], g_b[kGrad ? kSmallBatch : 1];
   alignas(64) S loss_b[kLoss ? kSmallBatch : 1];
   alignas(64) S log_s_b[kLoss && kSmooth ? kSmallBatch : 1], t_b[kLoss && kSmooth ? kSmallBatch : 1];
-  alignas(64) S rest_b[kNarrow<T> && kGrad ? kSmallBatch : 1], ey_b[kNarrow<T> && kGrad ? kSmallBatch : 1];
+  alignas(64) S rest_b[kSmallBatch], ey_b[kSmallBatch];
+  alignas(64) S dy_b[kLoss ? kSmallBatch : 1], shift_b[kLoss ? kSmallBatch : 1];
+  alignas(64) S alpha_b[kGrad ? kSmallBatch : 1], label_b[kGrad ? kSmallBatch : 1];
+  alignas(64) S smooth_b[kGrad && kSmooth ? kSmallBatch : 1];
   bool ignored_b[kSmallBatch / W];
-  V cols[kMaxCols];
+  // The batch's exp values (then gradients), a group of W rows per kMaxCols vectors.
+  V ebuf[kSmallBatch / W * kMaxCols];
   int64_t i0 = r0;
   for (; i0 + W <= r1; i0 += kSmallBatch) {
     const int rows = int(min64(kSmallBatch, (r1 - i0) / W * W));
@@ -104,10 +108,13 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         for (int k = 0; k < rows; ++k) g_b[k] = S(grad_scale * grad_rows[i0 + k]);
       }
     }
+    // Passes over the batch's groups of W rows, so that the out-of-order core overlaps
+    // groups: within one group, load -> transpose -> max -> exp -> sum -> log / divide ->
+    // gradient -> stores is one long chain, longer than the reorder window.
+    // 1: load, transpose, the shift (max, or lse in backward).
     for (int k = 0; k < rows; k += W) {
       const int64_t i = i0 + k;
-      const V yf = V::load(yf_b + k), wy = V::load(wy_b + k);
-      const auto keep = vlt(V::set1(S(-0.5)), yf);
+      V* cols = ebuf + (k / W) * kMaxCols;
 
       // Load and transpose: cols[j] = class j of the W rows.
       const S* src;
@@ -132,14 +139,18 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         transpose_square(r);
       }
 
-      // exp per class; the label's (ey) apart from the others' (rest); dy = z_y - shift.
-      V shift, rest = zero, ey = zero, dy = zero, t = zero;
-      if constexpr (kMode == CeMode::backward) {
-        shift = V::load(lse_io + i);
-      } else {
-        shift = cols[0];
-        for (int j = 1; j < C; ++j) shift = vmax(shift, cols[j]);
+      if constexpr (kMode != CeMode::backward) {
+        V m = cols[0];
+        for (int j = 1; j < C; ++j) m = vmax(m, cols[j]);
+        m.store(shift_b + k);
       }
+    }
+    // 2: exp per class; the label's (ey) apart from the others' (rest); dy = z_y - shift.
+    for (int k = 0; k < rows; k += W) {
+      const V yf = V::load(yf_b + k);
+      V* cols = ebuf + (k / W) * kMaxCols;
+      const V shift = V::load(kMode == CeMode::backward ? lse_io + i0 + k : shift_b + k);
+      V rest = zero, ey = zero, dy = zero, t = zero;
       V jv = zero;  // the class index j in every lane
       for (int j = 0; j < C; ++j, jv = jv + one) {
         const V d = cols[j] - shift;
@@ -154,9 +165,23 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         }
         if constexpr (kGrad) cols[j] = e;
       }
-      const V s = rest + ey;
-
+      rest.store(rest_b + k);
+      ey.store(ey_b + k);
       if constexpr (kLoss) {
+        dy.store(dy_b + k);
+        if constexpr (kSmooth) t.store(t_b + k);
+      }
+    }
+    // 3: per row, the loss, lse and the gradient's coefficients.
+    for (int k = 0; k < rows; k += W) {
+      const int64_t i = i0 + k;
+      const V wy = V::load(wy_b + k);
+      const auto keep = vlt(V::set1(S(-0.5)), V::load(yf_b + k));
+      const V rest = V::load(rest_b + k), ey = V::load(ey_b + k);
+      const V s = rest + ey;
+      (void)i;
+      if constexpr (kLoss) {
+        const V dy = V::load(dy_b + k), shift = V::load(shift_b + k);
         // -log p_y: (m - z_y) + log s, or where p_y > 1/2, log1p(u) with u = rest / ey, and
         // then log s = (z_y - m) + log1p(u). log1p(u) = log(v) - ((v - 1) - u) / v with
         // v = 1 + u rounded is exact to rounding. One log per lane: of v or of s.
@@ -170,10 +195,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         const V lse = vselect(veq(shift, V::set1(S(-kInf))), shift, shift + log_s);
         vselect(keep, lse, zero).store(lse_io + i);
         vselect(keep, V::set1(keep_label) * wy * nll, zero).store(loss_b + k);
-        if constexpr (kSmooth) {
-          log_s.store(log_s_b + k);
-          t.store(t_b + k);
-        }
+        if constexpr (kSmooth) log_s.store(log_s_b + k);
       }
 
       if constexpr (kGrad) {
@@ -189,7 +211,21 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
           label = fmadd(smooth_coef, V::set1(weight_total) * (ey * inv_s) - wy, label);
         }
         // In backward cols hold exp(z - lse) = p already; in the fused pass exp(z - m) = p s.
-        const V alpha = kMode == CeMode::backward ? p_coef : p_coef * inv_s;
+        (kMode == CeMode::backward ? p_coef : p_coef * inv_s).store(alpha_b + k);
+        label.store(label_b + k);
+        if constexpr (kSmooth) smooth_coef.store(smooth_b + k);
+      }
+    }
+    // 4: the gradient, transposed back to rows and stored.
+    if constexpr (kGrad) {
+      for (int k = 0; k < rows; k += W) {
+        const int64_t i = i0 + k;
+        const V yf = V::load(yf_b + k);
+        const auto keep = vlt(V::set1(S(-0.5)), yf);
+        V* cols = ebuf + (k / W) * kMaxCols;
+        const V alpha = V::load(alpha_b + k), label = V::load(label_b + k);
+        V smooth_coef = zero;
+        if constexpr (kSmooth) smooth_coef = V::load(smooth_b + k);
         V jv = zero;
         for (int j = 0; j < C; ++j, jv = jv + one) {
           V gj = cols[j] * alpha;
@@ -198,10 +234,6 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         }
         if (ignored_b[k / W]) {
           for (int j = 0; j < C; ++j) cols[j] = vselect(keep, cols[j], zero);
-        }
-        if constexpr (kNarrow<T>) {
-          rest.store(rest_b + k);
-          ey.store(ey_b + k);
         }
         S* dst;
         int64_t dst_stride;
