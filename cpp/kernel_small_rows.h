@@ -4,9 +4,9 @@
 // vectors straight from the rows (a masked load of their first n classes), transposed in
 // registers so that vector j holds class j of every row, and everything per row is then a
 // lane-wise vector operation: max, exp, sum, log, the label's pick, the loss and the gradient
-// coefficients. The gradient is transposed back and stored row by row (masked), so a short
-// last row never reads or writes past its end and strided rows need nothing special.
-// Only a ragged tail of fewer than W rows goes to the general per-row code.
+// coefficients. The gradient is transposed back and stored row by row (the pieces that would
+// pass a row's end cut to its classes), so no row is read or written past its end and strided
+// rows need nothing special. Only a ragged tail of fewer than W rows goes to the general code.
 //
 // The label's exp is kept apart from the others' (rest): the label's gradient
 // (1 - eps) w_y g (p_y - 1) uses p_y - 1 = -rest / s, and -log p_y = log1p(rest / ey) when
