@@ -22,22 +22,39 @@ constexpr int64_t kSplitRowsPerThread = 2;
 // ...and the rows are at least this long.
 constexpr int64_t kMinSplitClasses = 1 << 14;
 
+// One pass that only converts and flags (no branch per label, so it vectorises); the rare bad
+// call is scanned again for its first bad label, before anything has been written.
 template <class T>
 void read_labels_t(const T* data, int64_t n, int64_t stride, int64_t classes, int64_t ignore_index,
                    int64_t* out) {
+  bool bad = false;
+  auto convert = [&](auto unit_stride) {
+    const int64_t step = decltype(unit_stride)::value ? 1 : stride;
+    for (int64_t i = 0; i < n; ++i) {
+      const T raw = data[i * step];
+      const int64_t v = int64_t(raw);
+      bool ok = (uint64_t(v) < uint64_t(classes)) | (v == ignore_index);
+      // An unsigned label beyond int64 wraps to a negative v: never a valid one.
+      if constexpr (std::is_unsigned_v<T> && sizeof(T) == 8) ok &= v >= 0;
+      bad |= !ok;
+      out[i] = v;
+    }
+  };
+  if (stride == 1) {
+    convert(std::true_type{});  // contiguous: the compiler sees unit steps
+  } else {
+    convert(std::false_type{});
+  }
+  if (!bad) return;
   for (int64_t i = 0; i < n; ++i) {
     const T raw = data[i * stride];
-    int64_t v;
     if constexpr (std::is_unsigned_v<T> && sizeof(T) == 8) {
       // No class index or int64 ignore_index is this large: always an error (the Python layer
       // reformats the message with the unsigned value).
       if (raw > uint64_t(std::numeric_limits<int64_t>::max())) throw LabelError(i, -1, classes, ignore_index);
-      v = int64_t(raw);
-    } else {
-      v = int64_t(raw);
     }
+    const int64_t v = int64_t(raw);
     if ((v < 0 || v >= classes) && v != ignore_index) throw LabelError(i, v, classes, ignore_index);
-    out[i] = v;
   }
 }
 
@@ -251,10 +268,25 @@ void read_labels(const void* data, IntType type, int64_t n, int64_t stride, int6
 }
 
 double target_weight_sum(const int64_t* labels, int64_t n, int64_t ignore_index, const double* weight) {
+  if (!weight) {
+    int64_t kept = 0;  // a count without branches
+    for (int64_t i = 0; i < n; ++i) kept += labels[i] != ignore_index;
+    return double(kept);
+  }
   double total = 0;
   for (int64_t i = 0; i < n; ++i)
-    if (labels[i] != ignore_index) total += weight ? weight[labels[i]] : 1.0;
+    if (labels[i] != ignore_index) total += weight[labels[i]];
   return total;
+}
+
+double sum_values(const double* x, int64_t n) {
+  // Four running sums: one would wait for the previous add on every element.
+  double s[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int k = 0; k < 4; ++k) s[k] += x[i + k];
+  for (; i < n; ++i) s[0] += x[i];
+  return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
 void run_cross_entropy(const CeArgs& a, CeMode mode) {

@@ -25,6 +25,9 @@ void read_labels(const void* data, IntType type, int64_t n, int64_t stride, int6
 // Sum of the target weights (1 each when weight is null) of the rows not ignored.
 double target_weight_sum(const int64_t* labels, int64_t n, int64_t ignore_index, const double* weight);
 
+// x[0] + ... + x[n-1] (the reduced loss from the per-row losses).
+double sum_values(const double* x, int64_t n);
+
 // Runs a whole call on the active ISA, threaded. Forward/fused fill row_loss and lse;
 // fused/backward fill grad.
 void run_cross_entropy(const CeArgs& args, CeMode mode);

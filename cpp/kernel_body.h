@@ -175,6 +175,35 @@ inline BlockSums exp_block(const T* x, compute_t<T>* out, int64_t n, compute_t<T
   return r;
 }
 
+// A gradient larger than this (bytes) is written with streaming (non-temporal) stores when its
+// rows are long: it cannot stay in cache for the caller anyway, and streaming saves reading each
+// output line into the cache before overwriting it (a third of the memory traffic).
+constexpr int64_t kStreamBytes = int64_t(32) << 20;
+constexpr int64_t kStreamMinClasses = 4096;
+
+template <class T>
+inline bool stream_output(const CeArgs& a) {
+  return !kNarrow<T> && a.classes >= kStreamMinClasses &&
+         a.rows * a.classes * int64_t(sizeof(T)) >= kStreamBytes;
+}
+
+// out_j = f(VV, j) for j in [0, n), like for_each_vector, but the vectors are streamed to
+// aligned addresses: a scalar peel up to the vector alignment, streamed vectors, a scalar tail.
+template <class S, class F>
+inline void for_each_streamed(S* out, int64_t n, F&& f) {
+  using V = typename VecFor<S>::type;
+  constexpr int64_t W = V::width;
+  constexpr uint64_t kAlign = sizeof(S) * W;
+  const uint64_t addr = reinterpret_cast<uint64_t>(out);
+  int64_t j = 0;
+  if (addr % sizeof(S) == 0) {
+    const int64_t peel = min64(n, int64_t(((kAlign - addr % kAlign) % kAlign) / sizeof(S)));
+    for (; j < peel; ++j) f(Vec1<S>{}, j).store(out + j);
+    for (; j + W <= n; j += W) f(V{}, j).stream(out + j);
+  }
+  for (; j < n; ++j) f(Vec1<S>{}, j).store(out + j);
+}
+
 // out_j = in_j * alpha - beta * w_j (beta * 1 when unweighted), rounded to T; in may be out.
 template <class T, bool kSmooth, bool kWeighted>
 inline void scale_row(const compute_t<T>* in, T* out, int64_t n, compute_t<T> alpha,
@@ -348,12 +377,22 @@ inline double write_grad_sum(const T* x, T* out, int64_t n, compute_t<T> shift, 
 // out_j = exp(x_j - shift) * alpha - beta * w_j; out may be x.
 template <class T, bool kSmooth, bool kWeighted>
 inline void write_grad(const T* x, T* out, int64_t n, compute_t<T> shift, compute_t<T> alpha,
-                       compute_t<T> beta, const compute_t<T>* w) {
+                       compute_t<T> beta, const compute_t<T>* w, bool stream = false) {
   using S = compute_t<T>;
   if constexpr (kNarrow<T>) {
     // Through a float block buffer (see write_grad_sum); the sum is not needed.
     write_grad_sum<T, kSmooth, kWeighted>(x, out, n, shift, alpha, beta, w);
     return;
+  } else {
+    if (stream) {
+      for_each_streamed<S>(out, n, [&](auto v, int64_t j) {
+        using VV = decltype(v);
+        VV r = vexp(VV::load(x + j) - VV::set1(shift)) * VV::set1(alpha);
+        if constexpr (kSmooth) r = r - (kWeighted ? VV::load(w + j) * VV::set1(beta) : VV::set1(beta));
+        return r;
+      });
+      return;
+    }
   }
   for_each_vector<S>(n, [&](auto v, int64_t j, int) {
     using VV = decltype(v);
@@ -472,6 +511,10 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   const bool want_cache = mode == CeMode::fused && row_fits_cache<T>(C);
   const ExpRow<T> exp_row(want_cache ? C : 0);
   const bool cached = want_cache && exp_row.ok();
+  // Streamed only where the gradient is written straight from the logits: cached rows keep
+  // their exp values in the output row, and streaming them through a separate buffer instead
+  // measured slower at (4096, 32000).
+  const bool stream = !cached && mode != CeMode::forward && stream_output<T>(a);
   double block_shift[kMaxCachedBlocks];
   for (int64_t i = r0; i < r1; ++i) {
     const T* x = logits + i * a.logits_stride;
@@ -531,8 +574,10 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
                                           c.p_coef * inv_s, S(c.smooth_coef), w);
     } else if (!kNarrow<T> || mode != CeMode::backward) {
       write_grad<T, kSmooth, kWeighted>(x, g, C, S(shift), S(c.p_coef * inv_s), S(c.smooth_coef),
-                                        w);
+                                        w, stream);
     }
+    // Streamed stores are weakly ordered: the label's entry below must land after them.
+    if (stream) VecFor<S>::type::store_fence();
     if constexpr (kNarrow<T>) {
       g[y] = narrow_from_double<T>(label_grad_from_rest(st.rest, st.ey, c.label_coef,
                                                         c.smooth_coef, a.weight_total, wy,
@@ -546,161 +591,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   }
 }
 
-// Rows with few classes: one row per vector lane, W rows at a time, so that the per-row work
-// (max, log, coefficients) is vectorised too instead of paying for horizontal reductions and
-// tails on every short row. Rows are transposed through a small tile in the compute type
-// (16-bit rows are widened on the way in and rounded once on the way out).
-constexpr int64_t kSmallClasses = 16;
-
-template <class T, bool kSmooth, bool kWeighted>
-void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
-  using S = compute_t<T>;
-  using V = typename VecFor<S>::type;
-  constexpr int W = V::width;
-  const int64_t C = a.classes;
-  const T* logits = static_cast<const T*>(a.logits);
-  T* grad = static_cast<T*>(a.grad);
-  S* lse_io = static_cast<S*>(a.lse);
-  const S* w = weight_of<S>(a);
-  alignas(64) S tile[kSmallClasses][W];
-  alignas(64) S m_l[W], s_l[W], t_l[W], log_s_l[W], alpha_l[W], beta_l[W];
-  double label_grad[W];
-  // 16-bit rows: the W rows converted a vector at a time through block_buf (as one block when
-  // the rows are contiguous); per lane the label's exp (ey_l) and the others' (rest_l) kept
-  // apart, and -log p_y = log1p(rest / ey) (nll_l).
-  alignas(64) S block_buf[kSmallClasses * W], rest_l[W], ey_l[W], nll_l[W];
-  auto convert = [](const auto* from, auto* to, int64_t n) {
-    for_each_vector<S>(n, [&](auto v, int64_t j, int) { decltype(v)::load(from + j).store(to + j); });
-  };
-  int64_t i = r0;
-  for (; i + W <= r1; i += W) {
-    if constexpr (kNarrow<T>) {
-      const T* x = logits + i * a.logits_stride;
-      if (a.logits_stride == C) {
-        convert(x, block_buf, W * C);
-      } else {
-        for (int l = 0; l < W; ++l) convert(x + l * a.logits_stride, block_buf + l * C, C);
-      }
-      for (int l = 0; l < W; ++l)
-        for (int64_t j = 0; j < C; ++j) tile[j][l] = block_buf[l * C + j];
-    } else {
-      for (int l = 0; l < W; ++l) {
-        const T* x = logits + (i + l) * a.logits_stride;
-        for (int64_t j = 0; j < C; ++j) tile[j][l] = x[j];
-      }
-    }
-    if (mode == CeMode::backward) {
-      const V lse = V::load(lse_io + i);
-      for (int64_t j = 0; j < C; ++j) vexp(V::load(tile[j]) - lse).store(tile[j]);
-    } else {
-      V m = V::load(tile[0]);
-      for (int64_t j = 1; j < C; ++j) m = vmax(m, V::load(tile[j]));
-      V s = V::set1(0), t = V::set1(0);
-      for (int64_t j = 0; j < C; ++j) {
-        const V d = V::load(tile[j]) - m;
-        const V e = vexp(d);
-        e.store(tile[j]);
-        s = s + e;
-        if constexpr (kSmooth) {
-          const V scaled = d * V::set1(S(kSmoothSumScale));  // no float overflow near FLT_MAX
-          t = kWeighted ? fmadd(V::set1(w[j]), scaled, t) : t + scaled;
-        }
-      }
-      vlog(s).store(log_s_l);  // kept apart from m: m + log s rounds to m for huge logits
-      m.store(m_l);
-      s.store(s_l);
-      t.store(t_l);
-    }
-    if constexpr (kNarrow<T>) {
-      // The label's entry of each lane set aside (0 in the tile) while the columns are summed.
-      int64_t col[W];
-      for (int l = 0; l < W; ++l) {
-        const int64_t y = a.labels[i + l];
-        col[l] = y == a.ignore_index ? 0 : y;
-        ey_l[l] = tile[col[l]][l];
-        tile[col[l]][l] = S(0);
-      }
-      V rest = V::set1(0);
-      for (int64_t j = 0; j < C; ++j) rest = rest + V::load(tile[j]);
-      rest.store(rest_l);
-      for (int l = 0; l < W; ++l) tile[col[l]][l] = ey_l[l];
-      if (mode != CeMode::backward) {
-        // log1p(u) = log(w) - ((w - 1) - u) / w with w = 1 + u rounded: exact to float
-        // rounding where log(1 + u) alone would lose u (nll_l is unused where ey = 0).
-        const V one = V::set1(S(1)), u = rest / V::load(ey_l), wu = one + u;
-        (vlog(wu) - ((wu - one) - u) / wu).store(nll_l);
-      }
-    }
-    for (int l = 0; l < W; ++l) {
-      const int64_t row = i + l, y = a.labels[row];
-      alpha_l[l] = beta_l[l] = S(0);
-      if (y == a.ignore_index) {
-        if (mode != CeMode::backward) {
-          a.row_loss[row] = 0.0;
-          lse_io[row] = S(0);
-        }
-        continue;
-      }
-      const double wy = w ? double(w[y]) : 1.0;
-      if (mode != CeMode::backward) {
-        const double log_s = log_s_l[l], lse = double(m_l[l]) + log_s;
-        double nll = (double(m_l[l]) - double(load1(logits + row * a.logits_stride + y))) + log_s;
-        if constexpr (kNarrow<T>) nll = ey_l[l] > 0 ? double(nll_l[l]) : nll;
-        double loss = (1.0 - a.smoothing) * wy * nll;
-        if constexpr (kSmooth) loss += a.smoothing / double(C) * (a.weight_total * log_s - double(t_l[l]) / kSmoothSumScale);
-        a.row_loss[row] = loss;
-        lse_io[row] = S(lse);
-        if (mode == CeMode::forward) continue;
-      }
-      const GradCoefs c = grad_coefs(a, row, wy, 0.0);  // (no z-loss on this path)
-      // In backward the tile already holds p; in the fused pass it holds exp(z - m) = p * s.
-      const double alpha = mode == CeMode::backward ? c.p_coef : c.p_coef / double(s_l[l]);
-      alpha_l[l] = S(alpha);
-      beta_l[l] = S(c.smooth_coef);
-      if constexpr (kNarrow<T>) {
-        label_grad[l] = label_grad_from_rest(rest_l[l], ey_l[l], c.label_coef, c.smooth_coef,
-                                             a.weight_total, wy, 0.0);
-      } else {
-        label_grad[l] = double(tile[y][l]) * alpha - c.smooth_coef * wy - c.label_coef;
-      }
-    }
-    if (mode == CeMode::forward) continue;
-    const V alpha = V::load(alpha_l), beta = V::load(beta_l);
-    for (int64_t j = 0; j < C; ++j) {
-      V g = V::load(tile[j]) * alpha;
-      if constexpr (kSmooth) g = g - (kWeighted ? beta * V::set1(w[j]) : beta);
-      g.store(tile[j]);
-    }
-    if constexpr (kNarrow<T>) {
-      for (int l = 0; l < W; ++l) {
-        const bool ignored = a.labels[i + l] == a.ignore_index;
-        for (int64_t j = 0; j < C; ++j) block_buf[l * C + j] = ignored ? S(0) : tile[j][l];
-      }
-      T* g = grad + i * a.grad_stride;
-      if (a.grad_stride == C) {
-        convert(block_buf, g, W * C);
-      } else {
-        for (int l = 0; l < W; ++l) convert(block_buf + l * C, g + l * a.grad_stride, C);
-      }
-      for (int l = 0; l < W; ++l) {
-        const int64_t y = a.labels[i + l];
-        if (y != a.ignore_index) g[l * a.grad_stride + y] = narrow_from_double<T>(label_grad[l]);
-      }
-    } else {
-      for (int l = 0; l < W; ++l) {
-        const int64_t row = i + l, y = a.labels[row];
-        T* g = grad + row * a.grad_stride;
-        if (y == a.ignore_index) {
-          fill_zero(g, C);
-          continue;
-        }
-        for (int64_t j = 0; j < C; ++j) g[j] = tile[j][l];
-        g[y] = S(label_grad[l]);
-      }
-    }
-  }
-  if (i < r1) ce_rows<T, kSmooth, kWeighted>(a, i, r1, mode);
-}
+#include "kernel_small_rows.h"
 
 // Probability targets: per row, q_j = w_j ((1 - eps) t_j + eps / C) is built in a scratch row and
 // plays the part of the smoothing weights in online_stats: wsum = sum q = A and
@@ -766,11 +657,10 @@ template <class T, bool kSmooth, bool kWeighted>
 void ce_rows_any(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   // The rows-per-lane path has no z-loss or accuracy outputs.
   const bool plain = a.z_loss == 0.0 && a.correct == nullptr;
-  if (VecFor<compute_t<T>>::type::width > 1 && a.classes <= kSmallClasses && plain) {
-    ce_small_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
-  } else {
-    ce_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
+  if constexpr (VecFor<compute_t<T>>::type::width > 1) {
+    if (a.classes <= kSmallClasses && plain) return ce_small_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
   }
+  ce_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
 }
 
 template <class T>

@@ -8,6 +8,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -144,7 +145,8 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   a.ignore_index = ignore_index;
   a.smoothing = smoothing;
 
-  std::vector<int64_t> labels64;
+  // Not std::vector: its zero-filling would be a whole extra pass over the labels' size.
+  std::unique_ptr<int64_t[]> labels64;
   if (extras.targets) {
     const Matrix& t = *extras.targets;
     check_same_storage(t.dtype(), a.dtype == DType::f64 ? DType::f64 : DType::f32, "targets");
@@ -154,10 +156,10 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
     a.targets = t.data();
     a.targets_stride = a.rows > 1 ? int64_t(t.stride(0)) : a.classes;
   } else {
-    labels64.resize(size_t(a.rows));
+    labels64.reset(new int64_t[size_t(a.rows)]);
     read_labels(labels.data(), int_type(labels.dtype()), a.rows, int64_t(labels.stride(0)), a.classes,
-                ignore_index, labels64.data());
-    a.labels = labels64.data();
+                ignore_index, labels64.get());
+    a.labels = labels64.get();
   }
   a.z_loss = extras.z_loss;
   a.softcap = extras.softcap;
@@ -201,21 +203,21 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   a.grad_scale = grad_output / denom;
   a.z_grad_scale = grad_output / z_denom;
   a.grad_rows = grad_rows ? grad_rows->data() : nullptr;
-  std::vector<double> own_lse;  // as doubles: enough room for a.rows floats or doubles
+  std::unique_ptr<double[]> own_lse;  // as doubles: enough room for a.rows floats or doubles
   if (lse) {
     a.lse = const_cast<void*>(lse->data());
   } else {
-    own_lse.resize(size_t(a.rows));
-    a.lse = own_lse.data();
+    own_lse.reset(new double[size_t(a.rows)]);
+    a.lse = own_lse.get();
   }
 
-  std::vector<double> own_row_loss;
+  std::unique_ptr<double[]> own_row_loss;
   if (mode != CeMode::backward) {
     if (row_loss) {
       a.row_loss = row_loss->data();
     } else {
-      own_row_loss.resize(size_t(a.rows));
-      a.row_loss = own_row_loss.data();
+      own_row_loss.reset(new double[size_t(a.rows)]);  // every row is written by the kernels
+      a.row_loss = own_row_loss.get();
     }
   }
   if (mode != CeMode::forward) {
@@ -231,9 +233,8 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
     if (a.row_z) for (int64_t i = 0; i < a.rows; ++i) a.row_loss[i] += a.row_z[i];
     return NAN;
   }
-  double total = 0, z_total = 0;
-  for (int64_t i = 0; i < a.rows; ++i) total += a.row_loss[i];
-  if (a.row_z) for (int64_t i = 0; i < a.rows; ++i) z_total += a.row_z[i];
+  const double total = sum_values(a.row_loss, a.rows);
+  const double z_total = a.row_z ? sum_values(a.row_z, a.rows) : 0.0;
   return total / denom + (a.row_z ? z_total / z_denom : 0.0);
 }
 

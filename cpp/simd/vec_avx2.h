@@ -9,7 +9,9 @@ struct VecF {
 
   static VecF load(const float* p) { return {_mm256_loadu_ps(p)}; }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
-  void stream(float* p) const { _mm256_stream_ps(p, v); }
+  void stream(float* p) const { _mm256_stream_ps(p, v); }  // p aligned to 32 bytes
+  // Orders streamed stores before the stores that follow (e.g. the pool's "done").
+  static void store_fence() { _mm_sfence(); }
   static VecF set1(float s) { return {_mm256_set1_ps(s)}; }
   // 16-bit storage: float16 through F16C (every AVX2 CPU has it), bfloat16 as the high half of
   // a float's bits. Stores round to nearest even; NaN stays NaN, inf stays inf.
@@ -59,6 +61,57 @@ struct VecF {
     return _mm_cvtss_f32(s);
   }
   bool any_nan() const { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
+  // Masks (all bits set per lane where true) and lane selection, for rows held one per lane.
+  using mask = __m256;
+  friend mask veq(VecF a, VecF b) { return _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vlt(VecF a, VecF b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ); }
+  friend VecF vselect(mask m, VecF if_true, VecF if_false) {
+    return {_mm256_blendv_ps(if_false.v, if_true.v, m)};
+  }
+  // The first n lanes (0 < n <= 8) from / to memory; the others are 0 on load and untouched on
+  // store, and their memory is never accessed (so a short last row cannot fault). The store is
+  // pieces of 4, 2 and 1 lanes: a masked store is microcoded on AMD, and a store to a buffer
+  // read back a lane at a time stalls the loads.
+  static __m256i first_lanes(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static VecF load_first(const float* p, int n) { return {_mm256_maskload_ps(p, first_lanes(n))}; }
+  void store_first(float* p, int n) const {
+    if (n == 8) return store(p);
+    __m128 part = _mm256_castps256_ps128(v);
+    if (n >= 4) {
+      _mm_storeu_ps(p, part);
+      part = _mm256_extractf128_ps(v, 1);
+      p += 4;
+      n -= 4;
+    }
+    if (n >= 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
+      part = _mm_movehl_ps(part, part);
+      p += 2;
+      n -= 2;
+    }
+    if (n == 1) _mm_store_ss(p, part);
+  }
+  // 8 x 8 transpose: r[i] lane j <-> r[j] lane i.
+  static void transpose(VecF* r) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0].v, r[1].v), t1 = _mm256_unpackhi_ps(r[0].v, r[1].v);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2].v, r[3].v), t3 = _mm256_unpackhi_ps(r[2].v, r[3].v);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4].v, r[5].v), t5 = _mm256_unpackhi_ps(r[4].v, r[5].v);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6].v, r[7].v), t7 = _mm256_unpackhi_ps(r[6].v, r[7].v);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0].v = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1].v = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2].v = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3].v = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4].v = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5].v = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6].v = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7].v = _mm256_permute2f128_ps(u3, u7, 0x31);
+  }
   static void split_exponent(VecF x, VecF& mant, VecF& expo) {
     __m256i bits = _mm256_castps_si256(x.v);
     expo.v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
@@ -80,6 +133,7 @@ struct VecD {
   static VecD load(const double* p) { return {_mm256_loadu_pd(p)}; }
   void store(double* p) const { _mm256_storeu_pd(p, v); }
   void stream(double* p) const { _mm256_stream_pd(p, v); }
+  static void store_fence() { _mm_sfence(); }
   static VecD set1(double s) { return {_mm256_set1_pd(s)}; }
 
   friend VecD operator+(VecD a, VecD b) { return {_mm256_add_pd(a.v, b.v)}; }
@@ -101,6 +155,35 @@ struct VecD {
     return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
   }
   bool any_nan() const { return _mm256_movemask_pd(_mm256_cmp_pd(v, v, _CMP_UNORD_Q)) != 0; }
+  using mask = __m256d;
+  friend mask veq(VecD a, VecD b) { return _mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vlt(VecD a, VecD b) { return _mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ); }
+  friend VecD vselect(mask m, VecD if_true, VecD if_false) {
+    return {_mm256_blendv_pd(if_false.v, if_true.v, m)};
+  }
+  static __m256i first_lanes(int n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static VecD load_first(const double* p, int n) { return {_mm256_maskload_pd(p, first_lanes(n))}; }
+  void store_first(double* p, int n) const {
+    if (n == 4) return store(p);
+    __m128d part = _mm256_castpd256_pd128(v);
+    if (n >= 2) {
+      _mm_storeu_pd(p, part);
+      part = _mm256_extractf128_pd(v, 1);
+      p += 2;
+      n -= 2;
+    }
+    if (n == 1) _mm_store_sd(p, part);
+  }
+  static void transpose(VecD* r) {
+    const __m256d t0 = _mm256_unpacklo_pd(r[0].v, r[1].v), t1 = _mm256_unpackhi_pd(r[0].v, r[1].v);
+    const __m256d t2 = _mm256_unpacklo_pd(r[2].v, r[3].v), t3 = _mm256_unpackhi_pd(r[2].v, r[3].v);
+    r[0].v = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1].v = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2].v = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3].v = _mm256_permute2f128_pd(t1, t3, 0x31);
+  }
   static void split_exponent(VecD x, VecD& mant, VecD& expo) {
     __m256i bits = _mm256_castpd_si256(x.v);
     // exponent bits placed under 2^52 read as 2^52 + biased exponent (no int64->double in AVX2)

@@ -9,7 +9,8 @@ struct VecF {
 
   static VecF load(const float* p) { return {_mm512_loadu_ps(p)}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
-  void stream(float* p) const { _mm512_stream_ps(p, v); }
+  void stream(float* p) const { _mm512_stream_ps(p, v); }  // p aligned to 64 bytes
+  static void store_fence() { _mm_sfence(); }
   static VecF set1(float s) { return {_mm512_set1_ps(s)}; }
   // 16-bit storage: float16 with AVX512F's conversions, bfloat16 as the high half of a float's
   // bits. Stores round to nearest even; NaN stays NaN, inf stays inf.
@@ -46,6 +47,19 @@ struct VecF {
   float hsum() const { return _mm512_reduce_add_ps(v); }
   float hmax() const { return _mm512_reduce_max_ps(v); }
   bool any_nan() const { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+  // Masks and lane selection, for rows held one per lane (see vec_avx2.h). No transpose here:
+  // the kernel body's generic one through memory is used (this ISA cannot be run on the
+  // project's test machines, so it gets the simplest code).
+  using mask = __mmask16;
+  friend mask veq(VecF a, VecF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vlt(VecF a, VecF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend VecF vselect(mask m, VecF if_true, VecF if_false) {
+    return {_mm512_mask_blend_ps(m, if_false.v, if_true.v)};
+  }
+  static VecF load_first(const float* p, int n) {
+    return {_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p)};
+  }
+  void store_first(float* p, int n) const { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v); }
   static void split_exponent(VecF x, VecF& mant, VecF& expo) {
     expo.v = _mm512_getexp_ps(x.v);
     mant.v = _mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
@@ -65,6 +79,7 @@ struct VecD {
   static VecD load(const double* p) { return {_mm512_loadu_pd(p)}; }
   void store(double* p) const { _mm512_storeu_pd(p, v); }
   void stream(double* p) const { _mm512_stream_pd(p, v); }
+  static void store_fence() { _mm_sfence(); }
   static VecD set1(double s) { return {_mm512_set1_pd(s)}; }
 
   friend VecD operator+(VecD a, VecD b) { return {_mm512_add_pd(a.v, b.v)}; }
@@ -80,6 +95,16 @@ struct VecD {
   double hsum() const { return _mm512_reduce_add_pd(v); }
   double hmax() const { return _mm512_reduce_max_pd(v); }
   bool any_nan() const { return _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) != 0; }
+  using mask = __mmask8;
+  friend mask veq(VecD a, VecD b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vlt(VecD a, VecD b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend VecD vselect(mask m, VecD if_true, VecD if_false) {
+    return {_mm512_mask_blend_pd(m, if_false.v, if_true.v)};
+  }
+  static VecD load_first(const double* p, int n) {
+    return {_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p)};
+  }
+  void store_first(double* p, int n) const { _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), v); }
   static void split_exponent(VecD x, VecD& mant, VecD& expo) {
     expo.v = _mm512_getexp_pd(x.v);
     mant.v = _mm512_getmant_pd(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);

@@ -10,6 +10,7 @@ struct VecF {
   static VecF load(const float* p) { return {vld1q_f32(p)}; }
   void store(float* p) const { vst1q_f32(p, v); }
   void stream(float* p) const { vst1q_f32(p, v); }
+  static void store_fence() {}
   static VecF set1(float s) { return {vdupq_n_f32(s)}; }
   // 16-bit storage: float16 with the aarch64 conversions (FPCR's rounding: nearest even),
   // bfloat16 as the high half of a float's bits. NaN stays NaN, inf stays inf.
@@ -47,6 +48,24 @@ struct VecF {
   float hsum() const { return vaddvq_f32(v); }
   float hmax() const { return vmaxvq_f32(v); }
   bool any_nan() const { return vminvq_u32(vceqq_f32(v, v)) == 0; }
+  // Masks and lane selection, for rows held one per lane (see vec_avx2.h). NEON has no masked
+  // loads or stores: a short row goes through a small buffer. Transpose: the kernel body's.
+  using mask = uint32x4_t;
+  friend mask veq(VecF a, VecF b) { return vceqq_f32(a.v, b.v); }
+  friend mask vlt(VecF a, VecF b) { return vcltq_f32(a.v, b.v); }
+  friend VecF vselect(mask m, VecF if_true, VecF if_false) { return {vbslq_f32(m, if_true.v, if_false.v)}; }
+  static VecF load_first(const float* p, int n) {
+    if (n == width) return load(p);
+    float buf[width] = {};
+    for (int l = 0; l < n; ++l) buf[l] = p[l];
+    return load(buf);
+  }
+  void store_first(float* p, int n) const {
+    if (n == width) return store(p);
+    float buf[width];
+    store(buf);
+    for (int l = 0; l < n; ++l) p[l] = buf[l];
+  }
   static void split_exponent(VecF x, VecF& mant, VecF& expo) {
     uint32x4_t bits = vreinterpretq_u32_f32(x.v);
     expo.v = vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(vshrq_n_u32(bits, 23)), vdupq_n_s32(127)));
@@ -68,6 +87,7 @@ struct VecD {
   static VecD load(const double* p) { return {vld1q_f64(p)}; }
   void store(double* p) const { vst1q_f64(p, v); }
   void stream(double* p) const { vst1q_f64(p, v); }
+  static void store_fence() {}
   static VecD set1(double s) { return {vdupq_n_f64(s)}; }
 
   friend VecD operator+(VecD a, VecD b) { return {vaddq_f64(a.v, b.v)}; }
@@ -86,6 +106,22 @@ struct VecD {
   bool any_nan() const {
     uint64x2_t eq = vceqq_f64(v, v);
     return (vgetq_lane_u64(eq, 0) & vgetq_lane_u64(eq, 1)) == 0;
+  }
+  using mask = uint64x2_t;
+  friend mask veq(VecD a, VecD b) { return vceqq_f64(a.v, b.v); }
+  friend mask vlt(VecD a, VecD b) { return vcltq_f64(a.v, b.v); }
+  friend VecD vselect(mask m, VecD if_true, VecD if_false) { return {vbslq_f64(m, if_true.v, if_false.v)}; }
+  static VecD load_first(const double* p, int n) {
+    if (n == width) return load(p);
+    double buf[width] = {};
+    for (int l = 0; l < n; ++l) buf[l] = p[l];
+    return load(buf);
+  }
+  void store_first(double* p, int n) const {
+    if (n == width) return store(p);
+    double buf[width];
+    store(buf);
+    for (int l = 0; l < n; ++l) p[l] = buf[l];
   }
   static void split_exponent(VecD x, VecD& mant, VecD& expo) {
     uint64x2_t bits = vreinterpretq_u64_f64(x.v);

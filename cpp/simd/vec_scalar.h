@@ -18,6 +18,7 @@ struct Vec1 {
   void store(Half* p) const { *p = float_to_half(float(v)); }
   void store(BFloat16* p) const { *p = float_to_bf16(float(v)); }
   void stream(S* p) const { *p = v; }
+  static void store_fence() {}
   static Vec1 set1(S s) { return {s}; }
 
   friend Vec1 operator+(Vec1 a, Vec1 b) { return {a.v + b.v}; }

@@ -153,9 +153,13 @@ def _backward(x, r, grad_output, eps, reduction, backend):
     lse = r.lse.astype(x.dtype)
     grad = fastxent.cross_entropy_backward(x, r.local_y, lse, reduction="none", grad_output=a,
                                            backend=backend)
-    # The kernel subtracted a at column local_y; the true one-hot term there is b (or nothing).
+    # Column local_y: the kernel treated it as the label of a full row (and may renormalise its
+    # entry by the local sum); the true entry is p * a minus the one-hot term b (0 when the
+    # label is on another process), written here from the logit in float64.
     rows = np.arange(n)
-    grad[rows, r.local_y] += (a - b).astype(x.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p_label = np.exp(x[rows, r.local_y].astype(np.float64) - r.lse.astype(np.float64))
+        grad[rows, r.local_y] = np.where(r.keep, p_label * a - b, 0.0).astype(x.dtype)
     if eps > 0:
         c = s * eps / r.classes
         grad -= (c[:, None] if r.w_local is None else np.multiply.outer(c, r.w_local)).astype(x.dtype)

@@ -1,0 +1,314 @@
+// Rows with few classes (C <= 16), included by kernel_body.h inside an ISA namespace.
+//
+// One row per vector lane, W rows at a time: the W rows of a column block are loaded as W
+// vectors straight from the rows (a masked load of their first n classes), transposed in
+// registers so that vector j holds class j of every row, and everything per row is then a
+// lane-wise vector operation: max, exp, sum, log, the label's pick, the loss and the gradient
+// coefficients. The gradient is transposed back and stored row by row (the pieces that would
+// pass a row's end cut to its classes), so no row is read or written past its end and strided
+// rows need nothing special. Only a ragged tail of fewer than W rows goes to the general code.
+//
+// The label's exp is kept apart from the others' (rest): the label's gradient
+// (1 - eps) w_y g (p_y - 1) uses p_y - 1 = -rest / s, and -log p_y = log1p(rest / ey) when
+// p_y > 1/2, so confident rows keep their precision instead of cancelling near p_y = 1.
+constexpr int64_t kSmallClasses = 16;
+
+// Has V an in-register W x W transpose? (The others go through memory.)
+template <class V, class = void>
+struct HasTranspose : std::false_type {};
+template <class V>
+struct HasTranspose<V, std::void_t<decltype(V::transpose(static_cast<V*>(nullptr)))>> : std::true_type {};
+
+// r[i] lane j <-> r[j] lane i.
+template <class V>
+inline void transpose_square(V* r) {
+  if constexpr (HasTranspose<V>::value) {
+    V::transpose(r);
+  } else {
+    using S = typename V::scalar;
+    constexpr int W = V::width;
+    alignas(64) S in[W][W], out[W][W];
+    for (int i = 0; i < W; ++i) r[i].store(in[i]);
+    for (int i = 0; i < W; ++i)
+      for (int j = 0; j < W; ++j) out[j][i] = in[i][j];
+    for (int i = 0; i < W; ++i) r[i] = V::load(out[i]);
+  }
+}
+
+// Rows are taken in batches of kSmallBatch: the per-row scalars (label, weight, gradient scale)
+// are laid out in arrays for the whole batch first, and the per-row results are written out
+// after it, so that no vector load waits for the scalar stores just made (a store-forwarding
+// stall that cost more than the arithmetic).
+constexpr int64_t kSmallBatch = 256;
+
+template <class T, CeMode kMode, bool kSmooth, bool kWeighted>
+void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
+  using S = compute_t<T>;
+  using V = typename VecFor<S>::type;
+  constexpr int W = V::width;
+  constexpr int kMaxCols = int((kSmallClasses + W - 1) / W) * W;
+  constexpr bool kGrad = kMode != CeMode::forward;
+  constexpr bool kLoss = kMode != CeMode::backward;
+  // Copies of what the loops read: stores through the output pointers could alias a's fields.
+  const int C = int(a.classes);
+  const int blocks = (C + W - 1) / W;
+  const T* logits = static_cast<const T*>(a.logits);
+  const int64_t logits_stride = a.logits_stride, grad_stride = a.grad_stride;
+  const int64_t* labels = a.labels;
+  const int64_t ignore_index = a.ignore_index;
+  const double grad_scale = a.grad_scale, smoothing = a.smoothing, weight_total_d = a.weight_total;
+  const double* grad_rows = a.grad_rows;
+  double* row_loss = a.row_loss;
+  T* grad = static_cast<T*>(a.grad);
+  S* lse_io = static_cast<S*>(a.lse);
+  const S* w = weight_of<S>(a);
+  const S keep_label = S(1.0 - smoothing), eps_per_class = S(smoothing / double(C));
+  const S weight_total = S(weight_total_d);
+  const V zero = V::set1(S(0)), one = V::set1(S(1));
+  V wv[kMaxCols];
+  if constexpr (kWeighted) {
+    for (int j = 0; j < C; ++j) wv[j] = V::set1(w[j]);
+  }
+  // 16-bit rows are widened into stage (contiguous rows), and their gradient rounded from it.
+  alignas(64) S stage[kNarrow<T> ? kSmallClasses * W : 1];
+  // Per row of the batch: in, the label as a float (-1 when ignored), its weight (0 when
+  // ignored), the gradient scale; out, the loss without smoothing, log s and t (smoothing),
+  // rest and ey (the label's gradient of 16-bit rows).
+  alignas(64) S yf_b[kSmallBatch], wy_b[kSmallBatch], g_b[kGrad ? kSmallBatch : 1];
+  alignas(64) S loss_b[kLoss ? kSmallBatch : 1];
+  alignas(64) S log_s_b[kLoss && kSmooth ? kSmallBatch : 1], t_b[kLoss && kSmooth ? kSmallBatch : 1];
+  alignas(64) S rest_b[kSmallBatch], ey_b[kSmallBatch];
+  alignas(64) S dy_b[kLoss ? kSmallBatch : 1], shift_b[kLoss ? kSmallBatch : 1];
+  alignas(64) S alpha_b[kGrad ? kSmallBatch : 1], label_b[kGrad ? kSmallBatch : 1];
+  alignas(64) S smooth_b[kGrad && kSmooth ? kSmallBatch : 1];
+  bool ignored_b[kSmallBatch / W];
+  // The batch's exp values (then gradients), a group of W rows per kMaxCols vectors.
+  V ebuf[kSmallBatch / W * kMaxCols];
+  int64_t i0 = r0;
+  for (; i0 + W <= r1; i0 += kSmallBatch) {
+    const int rows = int(min64(kSmallBatch, (r1 - i0) / W * W));
+    // Simple loops the compiler vectorises (labels are validated: in [0, C) or ignore_index,
+    // so the class index fits int32).
+    const int64_t* yb = labels + i0;
+    alignas(64) int32_t y32[kSmallBatch];
+    for (int k = 0; k < rows; ++k) y32[k] = yb[k] == ignore_index ? -1 : int32_t(yb[k]);
+    for (int k = 0; k < rows; ++k) yf_b[k] = S(y32[k]);
+    if (w) {
+      for (int k = 0; k < rows; ++k) wy_b[k] = y32[k] < 0 ? S(0) : w[y32[k]];
+    } else {
+      for (int k = 0; k < rows; ++k) wy_b[k] = y32[k] < 0 ? S(0) : S(1);
+    }
+    for (int k0 = 0; k0 < rows; k0 += W) {
+      int32_t any_ignored = 0;
+      for (int k = k0; k < k0 + W; ++k) any_ignored |= y32[k];
+      ignored_b[k0 / W] = any_ignored < 0;  // the sign bit: some label in the group is -1
+    }
+    if constexpr (kGrad) {
+      if (grad_rows) {
+        for (int k = 0; k < rows; ++k) g_b[k] = S(grad_scale * grad_rows[i0 + k]);
+      }
+    }
+    // Passes over the batch's groups of W rows, so that the out-of-order core overlaps
+    // groups: within one group, load -> transpose -> max -> exp -> sum -> log / divide ->
+    // gradient -> stores is one long chain, longer than the reorder window.
+    // 1: load, transpose, the shift (max, or lse in backward).
+    for (int k = 0; k < rows; k += W) {
+      const int64_t i = i0 + k;
+      V* cols = ebuf + (k / W) * kMaxCols;
+
+      // Load and transpose: cols[j] = class j of the W rows.
+      const S* src;
+      int64_t src_stride;
+      if constexpr (kNarrow<T>) {
+        const T* x = logits + i * logits_stride;
+        for (int l = 0; l < W; ++l) {
+          for_each_vector<S>(C, [&](auto v, int64_t j, int) {
+            decltype(v)::load(x + l * logits_stride + j).store(stage + l * C + j);
+          });
+        }
+        src = stage;
+        src_stride = C;
+      } else {
+        src = logits + i * logits_stride;
+        src_stride = logits_stride;
+      }
+      for (int b = 0; b < blocks; ++b) {
+        const int n = C - b * W < W ? C - b * W : W;
+        V* r = cols + b * W;
+        for (int l = 0; l < W; ++l) r[l] = V::load_first(src + l * src_stride + b * W, n);
+        transpose_square(r);
+      }
+
+      if constexpr (kMode != CeMode::backward) {
+        V m = cols[0];
+        for (int j = 1; j < C; ++j) m = vmax(m, cols[j]);
+        m.store(shift_b + k);
+      }
+    }
+    // 2: exp per class; the label's (ey) apart from the others' (rest); dy = z_y - shift.
+    for (int k = 0; k < rows; k += W) {
+      const V yf = V::load(yf_b + k);
+      V* cols = ebuf + (k / W) * kMaxCols;
+      const V shift = V::load(kMode == CeMode::backward ? lse_io + i0 + k : shift_b + k);
+      V rest = zero, ey = zero, dy = zero, t = zero;
+      V jv = zero;  // the class index j in every lane
+      for (int j = 0; j < C; ++j, jv = jv + one) {
+        const V d = cols[j] - shift;
+        const V e = vexp(d);
+        const auto is_y = veq(yf, jv);
+        ey = vselect(is_y, e, ey);
+        rest = rest + vselect(is_y, zero, e);
+        if constexpr (kLoss) dy = vselect(is_y, d, dy);
+        if constexpr (kSmooth && kLoss) {
+          const V scaled = d * V::set1(S(kSmoothSumScale));  // no float overflow near FLT_MAX
+          t = kWeighted ? fmadd(wv[j], scaled, t) : t + scaled;
+        }
+        if constexpr (kGrad) cols[j] = e;
+      }
+      rest.store(rest_b + k);
+      ey.store(ey_b + k);
+      if constexpr (kLoss) {
+        dy.store(dy_b + k);
+        if constexpr (kSmooth) t.store(t_b + k);
+      }
+    }
+    // 3: per row, the loss, lse and the gradient's coefficients.
+    for (int k = 0; k < rows; k += W) {
+      const int64_t i = i0 + k;
+      const V wy = V::load(wy_b + k);
+      const auto keep = vlt(V::set1(S(-0.5)), V::load(yf_b + k));
+      const V rest = V::load(rest_b + k), ey = V::load(ey_b + k);
+      const V s = rest + ey;
+      (void)i;
+      if constexpr (kLoss) {
+        const V dy = V::load(dy_b + k), shift = V::load(shift_b + k);
+        // -log p_y: (m - z_y) + log s, or where p_y > 1/2, log1p(u) with u = rest / ey, and
+        // then log s = (z_y - m) + log1p(u). log1p(u) = log(v) - ((v - 1) - u) / v with
+        // v = 1 + u rounded is exact to rounding. One log per lane: of v or of s.
+        const V u = rest / ey, vu = one + u;
+        const auto confident = vlt(u, one);
+        const V log_arg = vlog(vselect(confident, vu, s));
+        const V log1p_u = log_arg - ((vu - one) - u) / vu;
+        const V nll = vselect(confident, log1p_u, log_arg - dy);
+        const V log_s = vselect(confident, dy + log1p_u, log_arg);
+        // An all -inf row: lse = -inf (its loss and gradient are NaN from -inf - -inf).
+        const V lse = vselect(veq(shift, V::set1(S(-kInf))), shift, shift + log_s);
+        vselect(keep, lse, zero).store(lse_io + i);
+        vselect(keep, V::set1(keep_label) * wy * nll, zero).store(loss_b + k);
+        if constexpr (kSmooth) log_s.store(log_s_b + k);
+      }
+
+      if constexpr (kGrad) {
+        // grad_j = p_j p_coef - smooth_coef w_j, and at the label
+        // -label_coef rest / s + smooth_coef (W p_y - w_y); 0 in ignored rows (even NaN rows).
+        const V g = grad_rows ? V::load(g_b + k) : V::set1(S(grad_scale));
+        const V label_coef = g * V::set1(keep_label) * wy;
+        const V inv_s = one / s;
+        V p_coef = label_coef, smooth_coef = zero, label = zero - label_coef * (rest * inv_s);
+        if constexpr (kSmooth) {
+          smooth_coef = g * V::set1(eps_per_class);
+          p_coef = fmadd(smooth_coef, V::set1(weight_total), label_coef);
+          label = fmadd(smooth_coef, V::set1(weight_total) * (ey * inv_s) - wy, label);
+        }
+        // In backward cols hold exp(z - lse) = p already; in the fused pass exp(z - m) = p s.
+        (kMode == CeMode::backward ? p_coef : p_coef * inv_s).store(alpha_b + k);
+        label.store(label_b + k);
+        if constexpr (kSmooth) smooth_coef.store(smooth_b + k);
+      }
+    }
+    // 4: the gradient, transposed back to rows and stored.
+    if constexpr (kGrad) {
+      for (int k = 0; k < rows; k += W) {
+        const int64_t i = i0 + k;
+        const V yf = V::load(yf_b + k);
+        const auto keep = vlt(V::set1(S(-0.5)), yf);
+        V* cols = ebuf + (k / W) * kMaxCols;
+        const V alpha = V::load(alpha_b + k), label = V::load(label_b + k);
+        V smooth_coef = zero;
+        if constexpr (kSmooth) smooth_coef = V::load(smooth_b + k);
+        V jv = zero;
+        for (int j = 0; j < C; ++j, jv = jv + one) {
+          V gj = cols[j] * alpha;
+          if constexpr (kSmooth) gj = gj - (kWeighted ? smooth_coef * wv[j] : smooth_coef);
+          cols[j] = vselect(veq(yf, jv), label, gj);
+        }
+        if (ignored_b[k / W]) {
+          for (int j = 0; j < C; ++j) cols[j] = vselect(keep, cols[j], zero);
+        }
+        S* dst;
+        int64_t dst_stride;
+        if constexpr (kNarrow<T>) {
+          dst = stage;
+          dst_stride = C;
+        } else {
+          dst = grad + i * grad_stride;
+          dst_stride = grad_stride;
+        }
+        for (int b = 0; b < blocks; ++b) transpose_square(cols + b * W);
+        // Rows in order, each a full vector per block: with contiguous rows, what a vector
+        // writes past its row's n classes is rewritten by the next store, so only the stores
+        // that would pass the group's end (and every store of strided rows) are cut to n
+        // classes (store_first).
+        // Contiguous rows: row l's vectors stay inside the group for l < plain_rows.
+        const int plain_rows = dst_stride == C ? int((int64_t(W) * C - blocks * W) / C) + 1 : 0;
+        const int last_n = C - (blocks - 1) * W;
+        int l = 0;
+        for (; l < plain_rows && l < W; ++l) {
+          S* row = dst + l * dst_stride;
+          for (int b = 0; b < blocks; ++b) cols[b * W + l].store(row + b * W);
+        }
+        for (; l < W; ++l) {
+          S* row = dst + l * dst_stride;
+          for (int b = 0; b + 1 < blocks; ++b) cols[b * W + l].store(row + b * W);
+          cols[(blocks - 1) * W + l].store_first(row + (blocks - 1) * W, last_n);
+        }
+        if constexpr (kNarrow<T>) {
+          T* gout = grad + i * grad_stride;
+          for (int l = 0; l < W; ++l) {
+            T* grow = gout + l * grad_stride;
+            for_each_vector<S>(C, [&](auto v, int64_t j, int) {
+              decltype(v)::load(stage + l * C + j).store(grow + j);
+            });
+          }
+        }
+      }
+    }
+    if constexpr (kLoss) {
+      for (int k = 0; k < rows; ++k) {
+        double loss = double(loss_b[k]);
+        if constexpr (kSmooth) {
+          if (yf_b[k] >= 0) {
+            loss += smoothing / double(C) *
+                    (weight_total_d * double(log_s_b[k]) - double(t_b[k]) / kSmoothSumScale);
+          }
+        }
+        row_loss[i0 + k] = loss;
+      }
+    }
+    if constexpr (kNarrow<T> && kGrad) {
+      // The label's entry is rounded once to 16 bits from double (as in the general path).
+      for (int k = 0; k < rows; ++k) {
+        if (yf_b[k] < 0) continue;
+        const int64_t y = int64_t(yf_b[k]);
+        const GradCoefs c = grad_coefs(a, i0 + k, double(wy_b[k]), 0.0);  // (no z-loss here)
+        grad[(i0 + k) * grad_stride + y] = narrow_from_double<T>(label_grad_from_rest(
+            double(rest_b[k]), double(ey_b[k]), c.label_coef, c.smooth_coef, weight_total_d,
+            double(wy_b[k]), 0.0));
+      }
+    }
+    if (rows < kSmallBatch) {
+      i0 += rows;
+      break;
+    }
+  }
+  if (i0 < r1) ce_rows<T, kSmooth, kWeighted>(a, i0, r1, kMode);
+}
+
+template <class T, bool kSmooth, bool kWeighted>
+void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  switch (mode) {
+    case CeMode::forward: return ce_small_rows_mode<T, CeMode::forward, kSmooth, kWeighted>(a, r0, r1);
+    case CeMode::fused: return ce_small_rows_mode<T, CeMode::fused, kSmooth, kWeighted>(a, r0, r1);
+    case CeMode::backward: return ce_small_rows_mode<T, CeMode::backward, kSmooth, kWeighted>(a, r0, r1);
+  }
+}
