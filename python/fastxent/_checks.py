@@ -280,24 +280,30 @@ def gradient_buffer(problem: Problem, out, inplace: bool):
     return out, view
 
 
-def check_grad_output(grad_output, problem: Problem):
-    """(scalar, per-row float64 array or None)."""
-    if problem.reduction != "none" or np.ndim(grad_output) == 0:
+def check_grad_output_shaped(grad_output, reduction: str, shape: tuple, shape_words: str):
+    """(scalar, float64 array of `shape` flattened, or None): a scalar for "mean"/"sum", a scalar
+    or an array of `shape` (described as `shape_words` in errors) for "none"."""
+    if reduction != "none" or np.ndim(grad_output) == 0:
         try:
             scalar = float(grad_output)
         except (TypeError, ValueError):
             raise TypeError(
-                f"grad_output must be a real number for reduction={problem.reduction!r}, "
+                f"grad_output must be a real number for reduction={reduction!r}, "
                 f"got {type(grad_output).__name__}"
             ) from None
         return scalar, None
     g = as_array(grad_output, "grad_output")
-    lead = problem.shape[:-1]
-    if g.shape != lead:
-        raise ValueError(f"grad_output must be a scalar or have shape {lead} (one per row), got {g.shape}")
+    if g.shape != shape:
+        raise ValueError(f"grad_output must be a scalar or have {shape_words} {shape}, got {g.shape}")
     if g.dtype.kind not in "fiu" and not is_half(g.dtype):
         raise TypeError(f"grad_output must be real numbers, got dtype {g.dtype}")
     return 1.0, np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+
+
+def check_grad_output(grad_output, problem: Problem):
+    """(scalar, per-row float64 array or None)."""
+    return check_grad_output_shaped(grad_output, problem.reduction, problem.shape[:-1],
+                                    "one value per row: shape")
 
 
 
@@ -384,23 +390,8 @@ def make_bce_problem(logits, targets, weight, pos_weight, reduction) -> BceProbl
 
 def check_bce_grad_output(grad_output, problem: BceProblem):
     """(scalar, float64 (n,) per-element array or None)."""
-    if problem.reduction != "none" or np.ndim(grad_output) == 0:
-        try:
-            scalar = float(grad_output)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"grad_output must be a real number for reduction={problem.reduction!r}, "
-                f"got {type(grad_output).__name__}"
-            ) from None
-        return scalar, None
-    g = as_array(grad_output, "grad_output")
-    if g.shape != problem.shape:
-        raise ValueError(
-            f"grad_output must be a scalar or have the logits' shape {problem.shape}, got {g.shape}"
-        )
-    if (g.dtype.kind not in "iuf" and not is_half(g.dtype)):
-        raise TypeError(f"grad_output must be real numbers, got dtype {g.dtype}")
-    return 1.0, np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+    return check_grad_output_shaped(grad_output, problem.reduction, problem.shape,
+                                    "the logits' shape")
 
 
 def _same_elements(a: np.ndarray, b: np.ndarray) -> bool:
