@@ -99,6 +99,17 @@ def label_error(problem: Problem, row: int, value: int) -> ValueError:
     )
 
 
+def check_integer(value, name: str, minimum: int, expected: str = "an integer") -> int:
+    """value as a Python int >= minimum, or a TypeError / ValueError naming `name`."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {expected}, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be {expected} >= {minimum}, got {number}")
+    return number
+
+
 def check_reduction(reduction) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

@@ -20,7 +20,7 @@ import operator
 import numpy as np
 
 from ._api import cross_entropy, cross_entropy_with_grad
-from ._checks import as_array, is_half
+from ._checks import as_array, check_integer, is_half
 
 # The chunk's logits (float32) stay under this many bytes with chunk_size="auto": big enough
 # that the GEMMs run at full speed, small next to the 4+ GiB an (8192, 128256) block needs.
@@ -188,12 +188,7 @@ def chunk_rows(chunk_size, rows, classes):
             raise ValueError(f"chunk_size must be a positive integer or 'auto', got {chunk_size!r}")
         chunk = AUTO_CHUNK_BYTES // (4 * max(classes, 1))
     else:
-        try:
-            chunk = operator.index(chunk_size)
-        except TypeError:
-            raise TypeError(f"chunk_size must be a positive integer or 'auto', got {chunk_size!r}") from None
-        if chunk < 1:
-            raise ValueError(f"chunk_size must be a positive integer or 'auto', got {chunk}")
+        chunk = check_integer(chunk_size, "chunk_size", 1, "'auto' or an integer")
     return max(1, min(chunk, rows))
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import operator
 import os
 
 from . import _backends
+from ._checks import check_integer
 
 __version__ = "0.1.0"
 
@@ -19,12 +19,7 @@ def _core():
 def set_num_threads(n) -> None:
     """Threads used by the cpp and numba backends (n >= 1); FASTXENT_NUM_THREADS sets the start value."""
     global _python_threads
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"num_threads must be an integer, got {n!r}") from None
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1, got {n}")
+    n = check_integer(n, "num_threads", 1)
     core = _core()
     if core is not None:
         core.set_num_threads(n)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 import fastxent
 
-from ._checks import check_reduction, check_smoothing
+from ._checks import check_integer, check_reduction, check_smoothing
 from ._linear_torch import _np
 
 
@@ -46,12 +46,7 @@ def _check(local_logits, labels, vocab_start, weight):
         raise TypeError(f"labels must be an integer tensor of global class indices, got {labels.dtype}")
     if tuple(labels.shape) != (local_logits.shape[0],):
         raise ValueError(f"labels must have shape ({local_logits.shape[0]},), got {tuple(labels.shape)}")
-    try:
-        vocab_start = operator.index(vocab_start)
-    except TypeError:
-        raise TypeError(f"vocab_start must be an integer, got {vocab_start!r}") from None
-    if vocab_start < 0:
-        raise ValueError(f"vocab_start must be >= 0, got {vocab_start}")
+    vocab_start = check_integer(vocab_start, "vocab_start", 0)
     if weight is not None and not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
     for name, t in (("local_logits", local_logits), ("labels", labels), ("weight", weight)):
