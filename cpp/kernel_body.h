@@ -589,7 +589,8 @@ void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       }
       const double wy = w ? double(w[y]) : 1.0;
       if (mode != CeMode::backward) {
-        const double log_s = log_s_l[l], lse = double(m_l[l]) + log_s;
+        // An all -inf row: lse = log(0) = -inf, as in ce_rows (m - m is NaN there).
+        const double log_s = log_s_l[l], lse = m_l[l] == -kInf ? -kInf : double(m_l[l]) + log_s;
         double nll = (double(m_l[l]) - double(load1(logits + row * a.logits_stride + y))) + log_s;
         if constexpr (kNarrow<T>) nll = ey_l[l] > 0 ? double(nll_l[l]) : nll;
         double loss = (1.0 - a.smoothing) * wy * nll;
