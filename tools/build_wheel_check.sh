@@ -9,7 +9,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${1:-python3}
 work="$repo/build/wheel-check"
-rm -rf "$work"
+rm -rf "$work/dist" "$work/wheelhouse" "$work/venv"
 mkdir -p "$work/dist" "$work/wheelhouse"
 
 # pip wheel builds in an isolated environment with the build-system requirements.

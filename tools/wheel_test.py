@@ -28,7 +28,7 @@ def main() -> int:
         where = subprocess.run([sys.executable, "-c", "import fastxent; print(fastxent.__file__)"],
                                check=True, capture_output=True, text=True).stdout.strip()
         print(f"wheel_test: testing {where}")
-        if Path(where).resolve().is_relative_to(project):
+        if Path(where).resolve().is_relative_to(project / "python"):
             print("wheel_test: fastxent imports from the source tree, not the installed wheel")
             return 1
         rc = subprocess.run([sys.executable, "-m", "pytest", str(project / "tests"), "-q",
