@@ -241,10 +241,10 @@ def make_problem(logits, labels, weight, ignore_index, label_smoothing, reductio
 
 def rows_view(array: np.ndarray, classes: int):
     """`array` as (rows, classes) without a copy, or None when its rows are not evenly spaced."""
-    view = array.view()
-    try:
-        view.shape = (-1, classes)
-    except AttributeError:
+    # (Not `view.shape = ...`: NumPy 2.5 deprecates setting shape; reshape copies instead of
+    # failing when no view exists, so a result that shares no memory means "not evenly spaced".)
+    view = array.reshape(-1, classes)
+    if view.size and not np.may_share_memory(view, array):
         return None
     return view
 
