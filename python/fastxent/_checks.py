@@ -232,9 +232,14 @@ def make_problem(logits, labels, weight, ignore_index, label_smoothing, reductio
         y = None
     elif y.ndim != 1:
         y = y.reshape(-1)
+    smoothing = check_smoothing(label_smoothing)
+    if smoothing / classes == 0.0:
+        # eps / C underflows (eps ~ 1e-323): every class's smoothing target is 0 and 1 - eps
+        # is 1, so the call is unsmoothed; saying so keeps 0 * inf out of the kernels' sums.
+        smoothing = 0.0
     return Problem(
         x, y, shape, check_weight(weight, classes), ignore_index,
-        check_smoothing(label_smoothing), check_reduction(reduction), source,
+        smoothing, check_reduction(reduction), source,
         targets=targets, z_loss=check_z_loss(z_loss), softcap=check_softcap(softcap),
     )
 
