@@ -55,6 +55,9 @@ def every_entry_point(x, y, lse, out, bad_labels):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.skipif(os.environ.get("FASTXENT_SANITIZED") == "1",
+                    reason="under ASan freed memory stays resident in its quarantine; "
+                           "the normal build checks RSS")
 def test_repeated_calls_keep_rss_flat(dtype):
     rng = np.random.default_rng(0)
     # 64 000 logits: enough for the threaded paths and the kernels' scratch buffers.

@@ -35,6 +35,6 @@ preload="$("$cxx" -print-file-name=libasan.so):$("$cxx" -print-file-name=libubsa
 # CPython's own allocations live until exit by design: leak checking stays off for Python.
 # Run outside the source tree so the installed (sanitized) package is the one imported.
 cd "$build"
-LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+FASTXENT_SANITIZED=1 LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   "$venv/bin/python" -m pytest "$repo/tests" -q -p no:cacheprovider "$@"
