@@ -550,7 +550,9 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       inv_s = 1.0 / st.s;
       double nll = (st.m - zy) + log_s;
       if constexpr (kNarrow<T>) nll = nll_from_rest(st.rest, st.ey, nll);
-      double loss = (1.0 - a.smoothing) * wy * nll;
+      // A label of target weight 0 (weight 0, or label_smoothing = 1) adds 0, even at nll = inf.
+      const double label_weight = (1.0 - a.smoothing) * wy;
+      double loss = label_weight != 0.0 ? label_weight * nll : 0.0;
       if constexpr (kSmooth) {
         loss += a.smoothing / double(C) * (a.weight_total * log_s - st.t);
       }

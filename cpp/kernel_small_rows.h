@@ -194,7 +194,10 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         // An all -inf row: lse = -inf (its loss and gradient are NaN from -inf - -inf).
         const V lse = vselect(veq(shift, V::set1(S(-kInf))), shift, shift + log_s);
         vselect(keep, lse, zero).store(lse_io + i);
-        vselect(keep, V::set1(keep_label) * wy * nll, zero).store(loss_b + k);
+        // A label of target weight 0 adds 0, even at nll = inf.
+        const V label_weight = V::set1(keep_label) * wy;
+        const V label_term = vselect(veq(label_weight, zero), zero, label_weight * nll);
+        vselect(keep, label_term, zero).store(loss_b + k);
         if constexpr (kSmooth) log_s.store(log_s_b + k);
       }
 

@@ -368,3 +368,16 @@ def test_z_loss_term_of_no_kept_rows_is_nan_like_the_loss(backend):
         loss, term = fastxent.cross_entropy(np.zeros((2, 3)), np.full(2, -100), z_loss=z,
                                             reduction="sum", return_z_loss=True, backend=backend)
         assert loss == 0 and term == 0
+
+
+@pytest.mark.parametrize("c", [5, 79])  # the rows-per-lane path and the general one
+def test_label_of_target_weight_zero_adds_nothing_at_minus_inf(backend, c):
+    """label_smoothing=1 or a class weight of 0 at the label: the label's -inf logit adds 0
+    (PyTorch gives NaN here); with smoothing the spread term still makes the loss inf."""
+    x = np.zeros((20, c), np.float32)
+    x[:, 2] = -np.inf
+    y = np.full(20, 2)
+    w = np.ones(c)
+    w[2] = 0.0
+    assert fastxent.cross_entropy(x, y, weight=w, reduction="sum", backend=backend) == 0.0
+    assert fastxent.cross_entropy(x, y, label_smoothing=1.0, backend=backend) == np.inf

@@ -254,6 +254,18 @@ def rows_view(array: np.ndarray, classes: int):
     return view
 
 
+def check_out_array(out, shape: tuple, dtype) -> None:
+    """out= must be a writable NumPy array of the logits' shape and dtype."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"out must have the logits' shape {shape}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have the logits' dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writable")
+
+
 def gradient_buffer(problem: Problem, out, inplace: bool):
     """The caller's array the gradient goes to and its (N, C) view, or (None, None) to allocate."""
     if inplace and out is not None:
@@ -271,14 +283,7 @@ def gradient_buffer(problem: Problem, out, inplace: bool):
         return src, view
     if out is None:
         return None, None
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    if out.shape != problem.shape:
-        raise ValueError(f"out must have the logits' shape {problem.shape}, got {out.shape}")
-    if out.dtype != problem.logits.dtype:
-        raise TypeError(f"out must have the logits' dtype {problem.logits.dtype}, got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out must be writable")
+    check_out_array(out, problem.shape, problem.logits.dtype)
     classes = problem.classes
     if classes > 1 and out.size and out.strides[-1] != out.itemsize:
         raise ValueError("out must have a contiguous class (last) axis")
@@ -434,14 +439,7 @@ def bce_gradient_buffer(problem: BceProblem, out, inplace: bool, extra=()):
         return src, src.reshape(-1)
     if out is None:
         return None, None
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    if out.shape != problem.shape:
-        raise ValueError(f"out must have the logits' shape {problem.shape}, got {out.shape}")
-    if out.dtype != problem.logits.dtype:
-        raise TypeError(f"out must have the logits' dtype {problem.logits.dtype}, got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out must be writable")
+    check_out_array(out, problem.shape, problem.logits.dtype)
     flat = out.reshape(-1) if out.flags.c_contiguous else None
     # Each element's gradient is written after its logit and target are read, so out may be
     # exactly the logits (or targets) buffer; any other overlap would read written values.
