@@ -254,6 +254,16 @@ def rows_view(array: np.ndarray, classes: int):
     return view
 
 
+def inplace_source(problem, out) -> np.ndarray:
+    """The caller's logits array for inplace=True (a writable NumPy array, and no out=)."""
+    if out is not None:
+        raise ValueError("pass either out= or inplace=True, not both")
+    src = problem.source
+    if not isinstance(src, np.ndarray) or not src.flags.writeable:
+        raise ValueError("inplace=True needs logits that are a writable array")
+    return src
+
+
 def check_out_array(out, shape: tuple, dtype) -> None:
     """out= must be a writable NumPy array of the logits' shape and dtype."""
     if not isinstance(out, np.ndarray):
@@ -268,12 +278,8 @@ def check_out_array(out, shape: tuple, dtype) -> None:
 
 def gradient_buffer(problem: Problem, out, inplace: bool):
     """The caller's array the gradient goes to and its (N, C) view, or (None, None) to allocate."""
-    if inplace and out is not None:
-        raise ValueError("pass either out= or inplace=True, not both")
     if inplace:
-        src = problem.source
-        if not isinstance(src, np.ndarray) or not src.flags.writeable:
-            raise ValueError("inplace=True needs logits that are a writable array")
+        src = inplace_source(problem, out)
         view = problem.logits
         if not np.shares_memory(view, src) and view.size:
             raise ValueError(
@@ -428,12 +434,8 @@ def bce_gradient_buffer(problem: BceProblem, out, inplace: bool, extra=()):
     """(array returned to the caller, flat contiguous array the kernel writes, or (None, None)
     to allocate). When the second is not a view of the first the caller copies it over
     afterwards. `extra` are other inputs (grad_output) that out must not overlap."""
-    if inplace and out is not None:
-        raise ValueError("pass either out= or inplace=True, not both")
     if inplace:
-        src = problem.source
-        if not isinstance(src, np.ndarray) or not src.flags.writeable:
-            raise ValueError("inplace=True needs logits that are a writable array")
+        src = inplace_source(problem, out)
         if not src.flags.c_contiguous:
             raise ValueError("inplace=True needs C-contiguous logits; this array would have to be copied")
         return src, src.reshape(-1)
