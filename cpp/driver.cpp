@@ -15,6 +15,19 @@ namespace {
 
 #include "simd/half_scalar.h"
 
+// Rows per block of the loss sums (see run_cross_entropy).
+constexpr int64_t kSumBlock = 256;
+
+double sum_values(const double* x, int64_t n) {
+  // Four running sums: one would wait for the previous add on every element.
+  double s[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int k = 0; k < 4; ++k) s[k] += x[i + k];
+  for (; i < n; ++i) s[0] += x[i];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
 // Below this many logits a call runs on the calling thread: waking workers costs more.
 constexpr int64_t kMinParallelLogits = 1 << 15;
 // Split a row's classes across threads when rows are fewer than this many per thread...
@@ -24,10 +37,12 @@ constexpr int64_t kMinSplitClasses = 1 << 14;
 
 // One pass that only converts and flags (no branch per label, so it vectorises); the rare bad
 // call is scanned again for its first bad label, before anything has been written.
-template <class T>
-void read_labels_t(const T* data, int64_t n, int64_t stride, int64_t classes, int64_t ignore_index,
-                   int64_t* out) {
+// kCopy = false only checks and counts (int64 labels the kernels read in place).
+template <class T, bool kCopy = true>
+int64_t read_labels_t(const T* data, int64_t n, int64_t stride, int64_t classes, int64_t ignore_index,
+                      int64_t* out) {
   bool bad = false;
+  int64_t kept = 0;
   auto convert = [&](auto unit_stride) {
     const int64_t step = decltype(unit_stride)::value ? 1 : stride;
     for (int64_t i = 0; i < n; ++i) {
@@ -37,7 +52,8 @@ void read_labels_t(const T* data, int64_t n, int64_t stride, int64_t classes, in
       // An unsigned label beyond int64 wraps to a negative v: never a valid one.
       if constexpr (std::is_unsigned_v<T> && sizeof(T) == 8) ok &= v >= 0;
       bad |= !ok;
-      out[i] = v;
+      kept += v != ignore_index;
+      if constexpr (kCopy) out[i] = v;
     }
   };
   if (stride == 1) {
@@ -45,7 +61,7 @@ void read_labels_t(const T* data, int64_t n, int64_t stride, int64_t classes, in
   } else {
     convert(std::false_type{});
   }
-  if (!bad) return;
+  if (!bad) return kept;
   for (int64_t i = 0; i < n; ++i) {
     const T raw = data[i * stride];
     if constexpr (std::is_unsigned_v<T> && sizeof(T) == 8) {
@@ -56,6 +72,7 @@ void read_labels_t(const T* data, int64_t n, int64_t stride, int64_t classes, in
     const int64_t v = int64_t(raw);
     if ((v < 0 || v >= classes) && v != ignore_index) throw LabelError(i, v, classes, ignore_index);
   }
+  return kept;  // (not reached: some label was bad)
 }
 
 void ce_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int64_t r0, int64_t r1) {
@@ -254,8 +271,8 @@ LabelError::LabelError(int64_t row, int64_t value, int64_t classes, int64_t igno
       row(row),
       value(value) {}
 
-void read_labels(const void* data, IntType type, int64_t n, int64_t stride, int64_t classes,
-                 int64_t ignore_index, int64_t* out) {
+int64_t read_labels(const void* data, IntType type, int64_t n, int64_t stride, int64_t classes,
+                    int64_t ignore_index, int64_t* out) {
   switch (type) {
     case IntType::i8: return read_labels_t(static_cast<const int8_t*>(data), n, stride, classes, ignore_index, out);
     case IntType::i16: return read_labels_t(static_cast<const int16_t*>(data), n, stride, classes, ignore_index, out);
@@ -280,35 +297,57 @@ double target_weight_sum(const int64_t* labels, int64_t n, int64_t ignore_index,
   return total;
 }
 
-double sum_values(const double* x, int64_t n) {
-  // Four running sums: one would wait for the previous add on every element.
-  double s[4] = {0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int k = 0; k < 4; ++k) s[k] += x[i + k];
-  for (; i < n; ++i) s[0] += x[i];
-  return (s[0] + s[1]) + (s[2] + s[3]);
+int64_t check_labels(const int64_t* labels, int64_t n, int64_t classes, int64_t ignore_index) {
+  const int64_t kept = active_table().count_kept_labels(labels, n, classes, ignore_index);
+  if (kept >= 0) return kept;
+  return read_labels_t<int64_t, false>(labels, n, 1, classes, ignore_index, nullptr);  // throws
 }
 
-void run_cross_entropy(const CeArgs& a, CeMode mode) {
+LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums) {
   const KernelTable& table = active_table();
-  if (a.rows == 0) return;
+  LossSums sums;
+  if (a.rows == 0) return sums;
+  want_sums = want_sums && mode != CeMode::backward;
+  // The sums go block by block (fixed blocks of rows, summed in order), so that a task can sum
+  // its own blocks while their losses are in cache and the result does not depend on threads.
+  const int64_t blocks = want_sums ? (a.rows + kSumBlock - 1) / kSumBlock : 0;
+  std::vector<double> block_loss(size_t(blocks), 0.0), block_z(a.row_z ? size_t(blocks) : 0, 0.0);
+  std::vector<uint8_t> block_done(size_t(blocks), 0);
+  auto sum_block = [&](int64_t b) {
+    const int64_t r0 = b * kSumBlock, n = std::min(a.rows, r0 + kSumBlock) - r0;
+    block_loss[size_t(b)] = sum_values(a.row_loss + r0, n);
+    if (a.row_z) block_z[size_t(b)] = sum_values(a.row_z + r0, n);
+    block_done[size_t(b)] = 1;
+  };
+  // The blocks wholly inside [r0, r1) (the last block counts as whole when r1 ends the rows).
+  auto sum_blocks_inside = [&](int64_t r0, int64_t r1) {
+    if (!want_sums) return;
+    const int64_t b1 = r1 == a.rows ? blocks : r1 / kSumBlock;
+    for (int64_t b = (r0 + kSumBlock - 1) / kSumBlock; b < b1; ++b) sum_block(b);
+  };
+
   const int threads = get_num_threads();
   const int64_t work = a.rows * a.classes;
-  if (threads == 1 || work < kMinParallelLogits) {
-    ce_rows(table, a, mode, 0, a.rows);
-    return;
-  }
   // (Soft-capped logits and probability targets run whole rows: the split merge knows neither.)
   const bool splittable = a.softcap == 0.0 && a.targets == nullptr;
-  if (splittable && a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
+  if (threads == 1 || work < kMinParallelLogits) {
+    ce_rows(table, a, mode, 0, a.rows);
+  } else if (splittable && a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
     split_rows(table, a, mode, threads);
-    return;
+  } else {
+    const int64_t tasks = std::min<int64_t>(a.rows, int64_t(threads) * 4);
+    parallel_run(tasks, [&](int64_t k) {
+      const int64_t r0 = a.rows * k / tasks, r1 = a.rows * (k + 1) / tasks;
+      ce_rows(table, a, mode, r0, r1);
+      sum_blocks_inside(r0, r1);
+    });
   }
-  const int64_t tasks = std::min<int64_t>(a.rows, int64_t(threads) * 4);
-  parallel_run(tasks, [&](int64_t k) {
-    ce_rows(table, a, mode, a.rows * k / tasks, a.rows * (k + 1) / tasks);
-  });
+  if (!want_sums) return sums;
+  for (int64_t b = 0; b < blocks; ++b)
+    if (!block_done[size_t(b)]) sum_block(b);
+  sums.loss = sum_values(block_loss.data(), blocks);
+  if (a.row_z) sums.z = sum_values(block_z.data(), blocks);
+  return sums;
 }
 
 void run_rowop(const RowsArgs& a, RowOp op) {

@@ -18,19 +18,25 @@ struct LabelError : std::invalid_argument {
 
 // Copies n labels of any integer type (element stride `stride`) to int64. Throws LabelError
 // for the first label outside [0, classes) that is not ignore_index; an unsigned label too
-// large for int64 is an error too.
-void read_labels(const void* data, IntType type, int64_t n, int64_t stride, int64_t classes,
-                 int64_t ignore_index, int64_t* out);
+// large for int64 is an error too. Returns how many are not ignore_index.
+int64_t read_labels(const void* data, IntType type, int64_t n, int64_t stride, int64_t classes,
+                    int64_t ignore_index, int64_t* out);
+
+// read_labels' checks and count for contiguous int64 labels, which the kernels read as they are.
+int64_t check_labels(const int64_t* labels, int64_t n, int64_t classes, int64_t ignore_index);
 
 // Sum of the target weights (1 each when weight is null) of the rows not ignored.
 double target_weight_sum(const int64_t* labels, int64_t n, int64_t ignore_index, const double* weight);
 
-// x[0] + ... + x[n-1] (the reduced loss from the per-row losses).
-double sum_values(const double* x, int64_t n);
+// Sums of the per-row losses and z-loss terms (0 when row_z is null).
+struct LossSums {
+  double loss = 0, z = 0;
+};
 
 // Runs a whole call on the active ISA, threaded. Forward/fused fill row_loss and lse;
-// fused/backward fill grad.
-void run_cross_entropy(const CeArgs& args, CeMode mode);
+// fused/backward fill grad. With want_sums (forward/fused), also sums row_loss and row_z while
+// they are still in cache; the sums are the same bits for any thread count.
+LossSums run_cross_entropy(const CeArgs& args, CeMode mode, bool want_sums = false);
 void run_rowop(const RowsArgs& args, RowOp op);
 
 }  // namespace fastxent

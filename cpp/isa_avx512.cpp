@@ -22,7 +22,8 @@ namespace isa_avx512 {
 #if !defined(FASTXENT_KERNELS_HALF)  // the table is in the main file only
 const KernelTable kTableAvx512 = {"avx512",           isa_avx512::forward_rows, isa_avx512::fused_rows,
                               isa_avx512::backward_rows, isa_avx512::slice_stats,
-                              isa_avx512::slice_grad,    isa_avx512::rowop_rows, isa_avx512::bce_range};
+                              isa_avx512::slice_grad,    isa_avx512::rowop_rows, isa_avx512::bce_range,
+                              isa_avx512::count_kept_labels};
 #endif
 
 }  // namespace fastxent

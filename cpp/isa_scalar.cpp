@@ -22,7 +22,8 @@ using VecD = Vec1<double>;
 #if !defined(FASTXENT_KERNELS_HALF)  // the table is in the main file only
 const KernelTable kTableScalar = {"scalar",           isa_scalar::forward_rows, isa_scalar::fused_rows,
                               isa_scalar::backward_rows, isa_scalar::slice_stats,
-                              isa_scalar::slice_grad,    isa_scalar::rowop_rows, isa_scalar::bce_range};
+                              isa_scalar::slice_grad,    isa_scalar::rowop_rows, isa_scalar::bce_range,
+                              isa_scalar::count_kept_labels};
 #endif
 
 }  // namespace fastxent

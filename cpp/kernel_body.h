@@ -10,6 +10,8 @@
 // as without 16-bit support. lse and weights are in S.
 #include <type_traits>
 
+#include "label_count.h"
+
 template <class S>
 struct VecFor;
 template <>
@@ -45,7 +47,7 @@ inline compute_t<T> load1(const T* p) {
 constexpr double kInf = __builtin_inf();
 // A row whose logits and gradient fit in L2 together is processed with the exp values kept
 // there (one exp per logit); longer rows recompute exp in a second pass instead.
-constexpr int64_t kCachedRowBytes = 384 * 1024;
+constexpr int64_t kCachedRowBytes = 4096 * 1024;
 // The online max is taken per block of this many logits; block sums are added in double,
 // which keeps a 128k-class row accurate to float32 rounding.
 constexpr int64_t kBlock = 1024;
@@ -325,7 +327,7 @@ inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
 }
 
 // Rows of at most this many blocks keep their exp values in cache between the two passes.
-constexpr int64_t kMaxCachedBlocks = 64;
+constexpr int64_t kMaxCachedBlocks = 1024;
 
 // The logits, the output and (16-bit rows) the float row of exp values must fit together.
 template <class T>

@@ -23,6 +23,8 @@ struct KernelTable {
   // Binary cross-entropy on elements [e0, e1) (e0 a multiple of a.period): writes loss / grad
   // when asked, returns the summed loss (0 without want_total).
   double (*bce_range)(const BceArgs&, int64_t e0, int64_t e1);
+  // Labels not ignore_index, or -1 when one is not a class index either (label_count.h).
+  int64_t (*count_kept_labels)(const int64_t* labels, int64_t n, int64_t classes, int64_t ignore_index);
 };
 
 extern const KernelTable kTableScalar;

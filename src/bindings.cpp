@@ -147,6 +147,7 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
 
   // Not std::vector: its zero-filling would be a whole extra pass over the labels' size.
   std::unique_ptr<int64_t[]> labels64;
+  int64_t kept_rows = a.rows;  // rows whose label is not ignore_index
   if (extras.targets) {
     const Matrix& t = *extras.targets;
     check_same_storage(t.dtype(), a.dtype == DType::f64 ? DType::f64 : DType::f32, "targets");
@@ -156,10 +157,17 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
     a.targets = t.data();
     a.targets_stride = a.rows > 1 ? int64_t(t.stride(0)) : a.classes;
   } else {
-    labels64.reset(new int64_t[size_t(a.rows)]);
-    read_labels(labels.data(), int_type(labels.dtype()), a.rows, int64_t(labels.stride(0)), a.classes,
-                ignore_index, labels64.get());
-    a.labels = labels64.get();
+    if (int64_t(labels.shape(0)) != a.rows) throw nb::value_error("labels must have one entry per row");
+    const IntType type = int_type(labels.dtype());
+    const int64_t stride = a.rows > 1 ? int64_t(labels.stride(0)) : 1;
+    if (type == IntType::i64 && stride == 1) {  // the common case: read in place, no copy
+      a.labels = static_cast<const int64_t*>(labels.data());
+      kept_rows = check_labels(a.labels, a.rows, a.classes, ignore_index);
+    } else {
+      labels64.reset(new int64_t[size_t(a.rows)]);
+      kept_rows = read_labels(labels.data(), type, a.rows, stride, a.classes, ignore_index, labels64.get());
+      a.labels = labels64.get();
+    }
   }
   a.z_loss = extras.z_loss;
   a.softcap = extras.softcap;
@@ -197,8 +205,8 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   // targets) and the z-loss term by the number of rows not ignored.
   double denom = 1.0, z_denom = 1.0;
   if (reduction == kMean) {
-    denom = a.targets ? double(a.rows) : target_weight_sum(a.labels, a.rows, ignore_index, w);
-    z_denom = a.targets ? double(a.rows) : target_weight_sum(a.labels, a.rows, ignore_index, nullptr);
+    z_denom = double(kept_rows);
+    denom = w && !a.targets ? target_weight_sum(a.labels, a.rows, ignore_index, w) : z_denom;
   }
   a.grad_scale = grad_output / denom;
   a.z_grad_scale = grad_output / z_denom;
@@ -224,18 +232,17 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
     a.grad = grad->data();
     a.grad_stride = a.rows > 1 ? int64_t(grad->stride(0)) : a.classes;
   }
+  LossSums sums;
   {
     nb::gil_scoped_release release;
-    run_cross_entropy(a, mode);
+    sums = run_cross_entropy(a, mode, reduction != kNone);
   }
   if (mode == CeMode::backward) return NAN;
   if (reduction == kNone) {
     if (a.row_z) for (int64_t i = 0; i < a.rows; ++i) a.row_loss[i] += a.row_z[i];
     return NAN;
   }
-  const double total = sum_values(a.row_loss, a.rows);
-  const double z_total = a.row_z ? sum_values(a.row_z, a.rows) : 0.0;
-  return total / denom + (a.row_z ? z_total / z_denom : 0.0);
+  return sums.loss / denom + (a.row_z ? sums.z / z_denom : 0.0);
 }
 
 void rowop(int op, const Matrix& x, OutMatrix out, int dtype_code) {

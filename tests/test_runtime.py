@@ -138,6 +138,39 @@ def test_more_threads_than_cores_same_answer(fast_name, n, rng):
         np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("shape", [(100_000, 3), (3000, 700), (4, 40_000)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reduced_loss_same_bits_for_any_thread_count(shape, reduction, rng):
+    """The cpp backend sums row losses in fixed blocks of rows, so the loss (and z-loss term) is
+    the same number for 1, 2 or 3 threads, not just close."""
+    x = rng.standard_normal(shape).astype(np.float32) * 5
+    labels = rng.integers(0, shape[1], size=shape[0])
+    labels[::7] = -100
+    old = fastxent.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            fastxent.set_num_threads(n)
+            results.append(fastxent.cross_entropy(x, labels, reduction=reduction, z_loss=1e-3,
+                                                  return_z_loss=True, backend="cpp"))
+    finally:
+        fastxent.set_num_threads(old)
+    assert all(r == results[0] for r in results), results
+    want = fastxent.cross_entropy(x, labels, reduction=reduction, z_loss=1e-3, return_z_loss=True,
+                                  backend="numpy")
+    np.testing.assert_allclose(results[0], want, rtol=1e-5)
+
+
+def test_core_refuses_labels_of_the_wrong_length():
+    """The extension checks the label count itself (it reads one label per row)."""
+    from fastxent import _core
+
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="labels must have one entry per row"):
+        _core.cross_entropy(0, x, np.zeros(3, np.int64), None, -100, 0.0, 1, 1.0, None, None,
+                            None, None, -1, None, 0.0, 0.0, None, None)
+
+
 @pytest.fixture(params=[name for name in IMPLS if name.startswith("cpp-")][-1:] + ["numba"])
 def fast_name(request):
     from _helpers import using_impl
