@@ -13,7 +13,9 @@ from _helpers import FLOAT_DTYPES, assert_grad_close, assert_loss_close, gradien
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_streamed_gradient(cpp_isa, threads, dtype, rng):
-    c = 110_003  # odd: rows start at every alignment
+    # Odd: rows start at every alignment. Long enough that a row's logits and gradient pass
+    # kernel_body.h's kCachedRowBytes (4 MiB) even in float16, so the fused pass streams too.
+    c = 1_100_003
     n = (34 << 20) // (c * np.dtype(dtype).itemsize) + 1
     logits = rng.standard_normal((n, c)).astype(dtype)
     labels = make_labels(rng, (n,), c, ignore_index=-100, ignore_frac=0.1)
