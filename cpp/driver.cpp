@@ -310,6 +310,13 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums) {
   want_sums = want_sums && mode != CeMode::backward;
   // The sums go block by block (fixed blocks of rows, summed in order), so that a task can sum
   // its own blocks while their losses are in cache and the result does not depend on threads.
+  if (want_sums && a.rows <= kSumBlock && (get_num_threads() == 1 || a.rows * a.classes < kMinParallelLogits)) {
+    // One block on this thread (the small calls): the same sums, without the bookkeeping.
+    ce_rows(table, a, mode, 0, a.rows);
+    sums.loss = sum_values(a.row_loss, a.rows);
+    if (a.row_z) sums.z = sum_values(a.row_z, a.rows);
+    return sums;
+  }
   const int64_t blocks = want_sums ? (a.rows + kSumBlock - 1) / kSumBlock : 0;
   std::vector<double> block_loss(size_t(blocks), 0.0), block_z(a.row_z ? size_t(blocks) : 0, 0.0);
   std::vector<uint8_t> block_done(size_t(blocks), 0);

@@ -113,6 +113,9 @@ struct Extras {
   std::optional<OutFlags> correct;
 };
 
+// Calls smaller than this keep the GIL: releasing and retaking it costs more than they take.
+constexpr int64_t kKeepGilLogits = 1024;
+
 // One cross-entropy call. Returns the reduced loss (mean/sum; with the z-loss term) or NaN for
 // "none" (the per-row losses, z-loss included, are then in row_loss). lse is written by
 // forward/fused (None: into a scratch buffer) and read by backward. labels is ignored when extras.targets is given.
@@ -134,12 +137,19 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   } else if (mode == CeMode::backward) {
     throw nb::value_error("lse is needed for the backward");
   }
-  if (grad) {
-    check_same_storage(grad->dtype(), a.dtype, "grad");
-    check_no_partial_overlap(logits, *grad);
-  }
   a.rows = int64_t(logits.shape(0));
   a.classes = int64_t(logits.shape(1));
+  // The kernels step through a row's classes one element at a time.
+  const bool any = a.rows > 0 && a.classes > 1;  // (empty arrays may carry any strides)
+  if (any && logits.stride(1) != 1) throw nb::value_error("logits must have a contiguous class axis");
+  if (grad) {
+    check_same_storage(grad->dtype(), a.dtype, "grad");
+    if (grad->shape(0) != logits.shape(0) || grad->shape(1) != logits.shape(1)) {
+      throw nb::value_error("grad must have the shape of logits");
+    }
+    if (any && grad->stride(1) != 1) throw nb::value_error("grad must have a contiguous class axis");
+    check_no_partial_overlap(logits, *grad);
+  }
   a.logits = logits.data();
   a.logits_stride = a.rows > 1 ? int64_t(logits.stride(0)) : a.classes;
   a.ignore_index = ignore_index;
@@ -233,7 +243,9 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
     a.grad_stride = a.rows > 1 ? int64_t(grad->stride(0)) : a.classes;
   }
   LossSums sums;
-  {
+  if (a.rows * a.classes < kKeepGilLogits) {
+    sums = run_cross_entropy(a, mode, reduction != kNone);  // done before a release would pay off
+  } else {
     nb::gil_scoped_release release;
     sums = run_cross_entropy(a, mode, reduction != kNone);
   }

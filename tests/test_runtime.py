@@ -171,6 +171,29 @@ def test_core_refuses_labels_of_the_wrong_length():
                             None, None, -1, None, 0.0, 0.0, None, None)
 
 
+def test_core_refuses_strided_classes_and_a_misshapen_grad():
+    """The kernels step through classes one element at a time and write grad row by row: _core
+    refuses what they cannot walk, before writing anything."""
+    from fastxent import _core
+
+    labels = np.zeros(4, np.int64)
+    x = np.zeros((4, 6), np.float32)
+
+    def fused(logits, grad):
+        return _core.cross_entropy(1, logits, labels, None, -100, 0.0, 1, 1.0, None, None, None,
+                                   grad, -1, None, 0.0, 0.0, None, None)
+
+    grad = np.full((4, 3), 7.0, np.float32)
+    with pytest.raises(ValueError, match="logits must have a contiguous class axis"):
+        fused(x[:, ::2], grad)
+    wide = np.full((4, 6), 7.0, np.float32)
+    with pytest.raises(ValueError, match="grad must have a contiguous class axis"):
+        fused(x[:, :3], wide[:, ::2])
+    with pytest.raises(ValueError, match="grad must have the shape of logits"):
+        fused(x, grad)
+    assert np.all(grad == 7.0) and np.all(wide == 7.0)
+
+
 @pytest.fixture(params=[name for name in IMPLS if name.startswith("cpp-")][-1:] + ["numba"])
 def fast_name(request):
     from _helpers import using_impl

@@ -65,6 +65,12 @@ def get(name: str):
     return module
 
 
+def loaded(name: str):
+    """get(name), with the already-resolved case first (the small-call fast path)."""
+    module = _loaded.get(name)
+    return module if module is not None else get(name)
+
+
 def reset() -> None:
     """Forget resolved backends (after FASTXENT_BACKEND changes)."""
     _loaded.clear()
