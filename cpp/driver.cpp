@@ -273,6 +273,11 @@ LabelError::LabelError(int64_t row, int64_t value, int64_t classes, int64_t igno
 
 int64_t read_labels(const void* data, IntType type, int64_t n, int64_t stride, int64_t classes,
                     int64_t ignore_index, int64_t* out) {
+  if (type == IntType::i32 && stride == 1) {  // JAX's default: the vectorised check first
+    const int64_t kept = active_table().widen_kept_labels(static_cast<const int32_t*>(data), n, classes,
+                                                          ignore_index, out);
+    if (kept >= 0) return kept;
+  }
   switch (type) {
     case IntType::i8: return read_labels_t(static_cast<const int8_t*>(data), n, stride, classes, ignore_index, out);
     case IntType::i16: return read_labels_t(static_cast<const int16_t*>(data), n, stride, classes, ignore_index, out);

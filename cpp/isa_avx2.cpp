@@ -23,7 +23,8 @@ namespace isa_avx2 {
 const KernelTable kTableAvx2 = {"avx2",           isa_avx2::forward_rows, isa_avx2::fused_rows,
                               isa_avx2::backward_rows, isa_avx2::slice_stats,
                               isa_avx2::slice_grad,    isa_avx2::rowop_rows, isa_avx2::bce_range,
-                              isa_avx2::count_kept_labels};
+                              isa_avx2::count_kept_labels,
+                              isa_avx2::widen_kept_labels};
 #endif
 
 }  // namespace fastxent

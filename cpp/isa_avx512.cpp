@@ -23,7 +23,8 @@ namespace isa_avx512 {
 const KernelTable kTableAvx512 = {"avx512",           isa_avx512::forward_rows, isa_avx512::fused_rows,
                               isa_avx512::backward_rows, isa_avx512::slice_stats,
                               isa_avx512::slice_grad,    isa_avx512::rowop_rows, isa_avx512::bce_range,
-                              isa_avx512::count_kept_labels};
+                              isa_avx512::count_kept_labels,
+                              isa_avx512::widen_kept_labels};
 #endif
 
 }  // namespace fastxent

@@ -23,7 +23,8 @@ namespace isa_neon {
 const KernelTable kTableNeon = {"neon",           isa_neon::forward_rows, isa_neon::fused_rows,
                               isa_neon::backward_rows, isa_neon::slice_stats,
                               isa_neon::slice_grad,    isa_neon::rowop_rows, isa_neon::bce_range,
-                              isa_neon::count_kept_labels};
+                              isa_neon::count_kept_labels,
+                              isa_neon::widen_kept_labels};
 #endif
 
 }  // namespace fastxent

@@ -23,7 +23,8 @@ using VecD = Vec1<double>;
 const KernelTable kTableScalar = {"scalar",           isa_scalar::forward_rows, isa_scalar::fused_rows,
                               isa_scalar::backward_rows, isa_scalar::slice_stats,
                               isa_scalar::slice_grad,    isa_scalar::rowop_rows, isa_scalar::bce_range,
-                              isa_scalar::count_kept_labels};
+                              isa_scalar::count_kept_labels,
+                              isa_scalar::widen_kept_labels};
 #endif
 
 }  // namespace fastxent

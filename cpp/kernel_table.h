@@ -25,6 +25,9 @@ struct KernelTable {
   double (*bce_range)(const BceArgs&, int64_t e0, int64_t e1);
   // Labels not ignore_index, or -1 when one is not a class index either (label_count.h).
   int64_t (*count_kept_labels)(const int64_t* labels, int64_t n, int64_t classes, int64_t ignore_index);
+  // The same for contiguous int32 labels, widened into out.
+  int64_t (*widen_kept_labels)(const int32_t* labels, int64_t n, int64_t classes, int64_t ignore_index,
+                               int64_t* out);
 };
 
 extern const KernelTable kTableScalar;

@@ -98,13 +98,25 @@ def test_first_bad_label_is_reported(backend, rng):
         fastxent.cross_entropy_with_grad(logits, labels, backend=backend)
 
 
-@pytest.mark.parametrize("label_dtype", [np.uint8, np.int8, np.uint32, np.uint64])
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.int8, np.uint32, np.uint64, np.int32])
 def test_label_out_of_range_small_dtypes(backend, label_dtype, rng):
     logits = rng.standard_normal((4, C))
     labels = np.array([0, 1, 200 if label_dtype != np.int8 else 100, 2], dtype=label_dtype)
     value = int(labels[2])
     expect_error(ValueError, re.escape(f"labels[2] = {value}"), "cross_entropy_with_grad",
                  logits, labels, backend)
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+def test_negative_label_that_is_not_ignore_index(backend, label_dtype, rng):
+    """int32 and int64 labels take the vectorised check; a negative label is named by it too,
+    also long after the first vector and with ignored rows around it."""
+    logits = rng.standard_normal((40, C))
+    labels = np.zeros(40, label_dtype)
+    labels[::3] = -100
+    labels[37] = -5
+    expect_error(ValueError, re.escape("labels[37] = -5"), "cross_entropy_with_grad", logits, labels,
+                 backend)
 
 
 def test_huge_uint64_label_is_not_ignore_index(backend, rng):
