@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 
 from . import _backends
+from ._types import ArrayLike, Backend, NDArray, Reduction, Results
 from ._checks import as_array, check_grad_output, gradient_buffer, lse_dtype, make_problem
 
 
@@ -65,9 +68,11 @@ def _check_accuracy_request(problem, return_accuracy):
         raise ValueError("return_accuracy needs class-index labels, not probability targets")
 
 
-def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                  reduction="mean", z_loss=0.0, softcap=None, return_z_loss=False,
-                  return_accuracy=False, backend="auto"):
+def cross_entropy(logits: ArrayLike, labels: ArrayLike, *, weight: ArrayLike | None = None,
+                  ignore_index: int = -100, label_smoothing: float = 0.0,
+                  reduction: Reduction = "mean", z_loss: float = 0.0, softcap: float | None = None,
+                  return_z_loss: bool = False, return_accuracy: bool = False,
+                  backend: Backend = "auto") -> Any:
     """Softmax cross-entropy of `logits` (..., C) against `labels`: class indices (...) of an
     integer dtype, or class probabilities (..., C) of a float dtype.
 
@@ -93,9 +98,11 @@ def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoot
     return (result, *extra) if extra else result
 
 
-def cross_entropy_forward(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                          reduction="mean", z_loss=0.0, softcap=None, return_z_loss=False,
-                          return_accuracy=False, backend="auto"):
+def cross_entropy_forward(logits: ArrayLike, labels: ArrayLike, *, weight: ArrayLike | None = None,
+                          ignore_index: int = -100, label_smoothing: float = 0.0,
+                          reduction: Reduction = "mean", z_loss: float = 0.0,
+                          softcap: float | None = None, return_z_loss: bool = False,
+                          return_accuracy: bool = False, backend: Backend = "auto") -> Results:
     """(loss, lse[, z_loss term][, accuracy]): the loss as cross_entropy gives it and the per-row
     log-sum-exp (...) to pass to cross_entropy_backward. lse is float64 for float64 logits, else
     float32 (for float16 and bfloat16 logits too); it is 0 on ignored rows (not computed).
@@ -128,10 +135,13 @@ def _run_writing_gradient(impl, problem, view, inplace, run):
     return run(view)
 
 
-def cross_entropy_with_grad(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                            reduction="mean", z_loss=0.0, softcap=None, grad_output=1.0, out=None,
-                            inplace=False, return_z_loss=False, return_accuracy=False,
-                            backend="auto"):
+def cross_entropy_with_grad(logits: ArrayLike, labels: ArrayLike, *,
+                            weight: ArrayLike | None = None, ignore_index: int = -100,
+                            label_smoothing: float = 0.0, reduction: Reduction = "mean",
+                            z_loss: float = 0.0, softcap: float | None = None,
+                            grad_output: float | ArrayLike = 1.0, out: NDArray[Any] | None = None,
+                            inplace: bool = False, return_z_loss: bool = False,
+                            return_accuracy: bool = False, backend: Backend = "auto") -> Results:
     """(loss, grad[, z_loss term][, accuracy]) in one fused pass: grad = d(loss * grad_output) /
     d logits, in the logits' dtype and shape. out= writes grad into that array; inplace=True
     writes it over logits."""
@@ -139,9 +149,10 @@ def cross_entropy_with_grad(logits, labels, *, weight=None, ignore_index=-100, l
             and softcap is None and not inplace and not return_z_loss and not return_accuracy
             and type(grad_output) in (float, int)):
         impl = _fast_path(logits, labels, reduction, backend)
+        x = cast(np.ndarray, logits)  # (an ndarray when impl is not None)
         if impl is not None and (out is None or (
-                type(out) is np.ndarray and out.dtype == logits.dtype and out.flags.writeable)):
-            grad = np.empty(logits.shape, logits.dtype) if out is None else out
+                type(out) is np.ndarray and out.dtype == x.dtype and out.flags.writeable)):
+            grad = np.empty(x.shape, x.dtype) if out is None else out
             try:
                 loss = impl.plain_fused(logits, labels, reduction, grad_output, grad)
                 return _fast_loss(logits, loss), grad
@@ -161,9 +172,12 @@ def cross_entropy_with_grad(logits, labels, *, weight=None, ignore_index=-100, l
     return (_loss_result(problem, loss), target, *extra)
 
 
-def cross_entropy_backward(logits, labels, lse, *, weight=None, ignore_index=-100,
-                           label_smoothing=0.0, reduction="mean", z_loss=0.0, softcap=None,
-                           grad_output=1.0, out=None, inplace=False, backend="auto"):
+def cross_entropy_backward(logits: ArrayLike, labels: ArrayLike, lse: ArrayLike, *,
+                           weight: ArrayLike | None = None, ignore_index: int = -100,
+                           label_smoothing: float = 0.0, reduction: Reduction = "mean",
+                           z_loss: float = 0.0, softcap: float | None = None,
+                           grad_output: float | ArrayLike = 1.0, out: NDArray[Any] | None = None,
+                           inplace: bool = False, backend: Backend = "auto") -> NDArray[Any]:
     """The gradient from the lse that cross_entropy_forward returned (no max/sum recomputed).
     Pass the same options as to cross_entropy_forward."""
     problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,

@@ -6,11 +6,13 @@ recomputes sigmoid(x) from the logits (one read of logits and targets, one write
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import numpy as np
 
 from . import _backends
 from ._checks import bce_gradient_buffer, check_bce_grad_output, make_bce_problem
+from ._types import ArrayLike, Backend, Loss, NDArray, Reduction
 
 _MODULES = {"cpp": "._bce_cpp", "numba": "._bce_numba", "numpy": "._bce_reference"}
 
@@ -57,8 +59,10 @@ def _run(problem, backend, want_loss, grad_output, out, inplace):
     return loss, target
 
 
-def binary_cross_entropy_with_logits(logits, targets, *, weight=None, pos_weight=None,
-                                     reduction="mean", backend="auto"):
+def binary_cross_entropy_with_logits(logits: ArrayLike, targets: ArrayLike, *,
+                                     weight: ArrayLike | None = None,
+                                     pos_weight: ArrayLike | None = None,
+                                     reduction: Reduction = "mean", backend: Backend = "auto") -> Loss:
     """Sigmoid binary cross-entropy of `logits` against `targets` (same shape, probabilities).
 
     Same definition as torch.nn.functional.binary_cross_entropy_with_logits: `weight` and
@@ -70,18 +74,22 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight=None, pos_weight
     return _run(problem, backend, True, None, None, False)[0]
 
 
-def binary_cross_entropy_with_logits_with_grad(logits, targets, *, weight=None, pos_weight=None,
-                                               reduction="mean", grad_output=1.0, out=None,
-                                               inplace=False, backend="auto"):
+def binary_cross_entropy_with_logits_with_grad(logits: ArrayLike, targets: ArrayLike, *,
+                                               weight: ArrayLike | None = None, pos_weight: ArrayLike | None = None,
+                                               reduction: Reduction = "mean", grad_output: float = 1.0,
+                                               out: NDArray[Any] | None = None, inplace: bool = False,
+                                               backend: Backend = "auto") -> tuple[Loss, NDArray[Any]]:
     """(loss, grad) in one pass: grad = d(loss * grad_output) / d logits, in the logits' dtype
     and shape. out= writes grad into that array; inplace=True writes it over logits."""
     problem = make_bce_problem(logits, targets, weight, pos_weight, reduction)
     return _run(problem, backend, True, grad_output, out, inplace)
 
 
-def binary_cross_entropy_with_logits_backward(logits, targets, *, weight=None, pos_weight=None,
-                                              reduction="mean", grad_output=1.0, out=None,
-                                              inplace=False, backend="auto"):
+def binary_cross_entropy_with_logits_backward(logits: ArrayLike, targets: ArrayLike, *,
+                                              weight: ArrayLike | None = None, pos_weight: ArrayLike | None = None,
+                                              reduction: Reduction = "mean", grad_output: float = 1.0,
+                                              out: NDArray[Any] | None = None, inplace: bool = False,
+                                              backend: Backend = "auto") -> NDArray[Any]:
     """The gradient alone (the backward of binary_cross_entropy_with_logits; nothing saved)."""
     problem = make_bce_problem(logits, targets, weight, pos_weight, reduction)
     return _run(problem, backend, False, grad_output, out, inplace)[1]

@@ -11,11 +11,15 @@ segments even when the last axis is short.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numba
 import numpy as np
 from numba import njit, prange
 from numba.core.extending import overload
+
+# Numba's thread ceiling, read from the environment at import (not in numba's type stubs).
+_NUMBA_MAX_THREADS: int = getattr(numba.config, "NUMBA_NUM_THREADS")
 
 from ._checks import BceProblem, is_half, tiled_weight
 from ._numba_backend import _OPTS, _borrow, _lock, _radd, _vexp
@@ -35,7 +39,7 @@ def _log1p_unit(e):
     """log1p(e) for e in [0, 1] (NaN passes through)."""
 
 
-@overload(_log1p_unit, jit_options=dict(_OPTS))
+@overload(_log1p_unit, jit_options=cast(Any, dict(_OPTS)))  # (numba types these options narrowly)
 def _log1p_unit_impl(e):
     coefs = _SERIES[e.bitwidth]
     two = np.float32(2) if e.bitwidth == 32 else np.float64(2)
@@ -128,7 +132,7 @@ def compute(problem: BceProblem, loss_out, grad_out, grad_scale, grad_elems, wan
         go = np.empty(n, dtype) if (wide or shared) else grad_out
     ge = np.ones(period, dtype) if grad_elems is None else grad_elems.astype(dtype)
     chunk = period * max(1, (1 << 14) // period)
-    threads = min(get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    threads = min(get_num_threads(), _NUMBA_MAX_THREADS)
     args = (x, t, w, w_full, pw, pw_full, ge, grad_elems is not None, float(grad_scale), lo,
             loss_out is not None, go, grad_out is not None, period)
     if threads > 1 and n >= _MIN_PARALLEL and _lock.acquire(blocking=False):

@@ -89,7 +89,7 @@ class Problem:
 
 
 def label_error(problem: Problem, row: int, value: int) -> ValueError:
-    where = row
+    where: int | str = row
     lead = problem.shape[:-1]
     if len(lead) != 1:
         where = ", ".join(str(int(i)) for i in np.unravel_index(row, lead)) if lead else ""
@@ -200,7 +200,8 @@ def _soft_targets(y: np.ndarray, x: np.ndarray, ignore_index: int) -> np.ndarray
 def make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction, z_loss=0.0,
                  softcap=None) -> Problem:
     x = check_logits(logits)
-    y = as_array(labels, "labels")
+    y: np.ndarray | None = as_array(labels, "labels")
+    assert y is not None
     soft = y.dtype.kind == "f" or is_half(y.dtype)
     if not soft and y.dtype.kind not in "iu":
         raise TypeError(

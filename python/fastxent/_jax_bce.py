@@ -15,6 +15,7 @@ import numpy as np
 import fastxent
 
 from ._checks import check_reduction
+from ._types import Reduction
 
 _NATIVE = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
@@ -59,8 +60,10 @@ def _bwd(reduction, residuals, cotangent):
 _bce.defvjp(_fwd, _bwd)
 
 
-def binary_cross_entropy_with_logits(logits, targets, *, weight=None, pos_weight=None,
-                                     reduction="mean"):
+def binary_cross_entropy_with_logits(logits: jax.typing.ArrayLike, targets: jax.typing.ArrayLike, *,
+                                     weight: jax.typing.ArrayLike | None = None,
+                                     pos_weight: jax.typing.ArrayLike | None = None,
+                                     reduction: Reduction = "mean") -> jax.Array:
     """As torch.nn.functional.binary_cross_entropy_with_logits (weight and pos_weight broadcast
     to the logits' shape; "mean" over all elements), in the logits' dtype. Differentiable
     w.r.t. logits (reverse mode), usable inside jit and vmap; targets, weight and pos_weight get

@@ -16,11 +16,13 @@ by it. The GEMMs are NumPy's (or PyTorch's, for fastxent.torch): never hand-writ
 from __future__ import annotations
 
 import operator
+from typing import Any, Literal
 
 import numpy as np
 
 from ._api import cross_entropy, cross_entropy_with_grad
 from ._checks import as_array, check_integer, is_half
+from ._types import ArrayLike, Results
 
 # The chunk's logits (float32) stay under this many bytes with chunk_size="auto": big enough
 # that the GEMMs run at full speed, small next to the 4+ GiB an (8192, 128256) block needs.
@@ -307,7 +309,9 @@ def run(hidden, weight, labels, bias, chunk_size, options, *, grads=True, need_h
     return _finish_loss(inputs, parts, total, denom), d_hidden, d_weight, d_bias
 
 
-def linear_cross_entropy(hidden, weight, labels, /, *, bias=None, chunk_size="auto", **options):
+def linear_cross_entropy(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, /, *,
+                         bias: ArrayLike | None = None, chunk_size: int | Literal["auto"] = "auto",
+                         **options: Any) -> Any:
     """cross_entropy(hidden @ weight.T + bias, labels, **options) without the (N, V) logits.
 
     hidden (..., H) and weight (V, H): float32/float64 (float16/bfloat16 are computed in float32:
@@ -322,8 +326,10 @@ def linear_cross_entropy(hidden, weight, labels, /, *, bias=None, chunk_size="au
     return loss
 
 
-def linear_cross_entropy_with_grad(hidden, weight, labels, /, *, bias=None, chunk_size="auto",
-                                   **options):
+def linear_cross_entropy_with_grad(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, /, *,
+                                   bias: ArrayLike | None = None,
+                                   chunk_size: int | Literal["auto"] = "auto",
+                                   **options: Any) -> Results:
     """(loss, d_hidden, d_weight) — and d_bias last when bias is given — of
     linear_cross_entropy, in one pass over the rows: the gradients of loss * grad_output, each in
     its input's dtype (accumulated in float32, float64 for float64 inputs). Options as for

@@ -10,6 +10,8 @@ three).
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import numpy as np
 import torch
 
@@ -109,7 +111,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (dh, dw, None, db, None, None)
 
 
-def linear_cross_entropy(hidden, weight, labels, /, *, bias=None, chunk_size="auto", **options):
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, /, *,
+                         bias: torch.Tensor | None = None, chunk_size: int | Literal["auto"] = "auto",
+                         **options: Any) -> torch.Tensor:
     """cross_entropy(hidden @ weight.T + bias, labels) without the (N, V) logits, differentiable
     with respect to hidden, weight and bias. Same arguments as fastxent.linear_cross_entropy:
     the keyword weight= is the per-class weight; the other keyword options (ignore_index,

@@ -33,10 +33,11 @@ import functools
 import math
 import threading
 from fractions import Fraction
+from typing import Any
 
 import numba
 import numpy as np
-from llvmlite import ir
+from llvmlite import ir  # type: ignore[import-untyped]  # (llvmlite ships no stubs)
 from numba import njit, prange, types
 from numba.extending import intrinsic
 from numpy.lib.stride_tricks import as_strided
@@ -55,7 +56,7 @@ _BLOCK = 1024
 # Below this many logits a call runs on the calling thread: waking workers costs more.
 _MIN_PARALLEL = 1 << 15
 
-_OPTS = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+_OPTS: dict[str, Any] = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -626,7 +627,7 @@ class _Call:
             self.wcum = np.concatenate(([0.0], np.cumsum(blocks)))
         else:
             self.wcum = _empty(_F64)
-        self._denominator = None
+        self._denominator: float | None = None
 
     def kept(self) -> int:
         """The number of rows not ignored (the z-loss and accuracy divisor)."""

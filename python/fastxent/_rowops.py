@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import numpy as np
 
 from . import _backends
 from ._checks import check_logits
+from ._types import ArrayLike, Backend, NDArray
 
 
 def _normalize_axis(axis, ndim: int) -> int:
@@ -37,16 +39,16 @@ def _run(x, axis, backend, op):
     return np.moveaxis(result.reshape(moved.shape), -1, axis)
 
 
-def softmax(x, axis=-1, *, backend="auto"):
+def softmax(x: ArrayLike, axis: int = -1, *, backend: Backend = "auto") -> NDArray[Any]:
     """exp(x - logsumexp(x)) along `axis`, in x's dtype (float16/bfloat16 computed in float32)."""
     return _run(x, axis, backend, "softmax")
 
 
-def log_softmax(x, axis=-1, *, backend="auto"):
+def log_softmax(x: ArrayLike, axis: int = -1, *, backend: Backend = "auto") -> NDArray[Any]:
     """x - logsumexp(x) along `axis`."""
     return _run(x, axis, backend, "log_softmax")
 
 
-def logsumexp(x, axis=-1, *, backend="auto"):
+def logsumexp(x: ArrayLike, axis: int = -1, *, backend: Backend = "auto") -> NDArray[Any]:
     """log(sum(exp(x))) along `axis` (removed from the result's shape), without overflow."""
     return _run(x, axis, backend, "logsumexp")

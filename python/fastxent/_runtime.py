@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from . import _backends
 from ._checks import check_integer
@@ -16,7 +17,7 @@ def _core():
     return _backends._core_or_none()
 
 
-def set_num_threads(n) -> None:
+def set_num_threads(n: int) -> None:
     """Threads used by the cpp and numba backends (n >= 1); FASTXENT_NUM_THREADS sets the start value."""
     global _python_threads
     n = check_integer(n, "num_threads", 1)
@@ -38,7 +39,7 @@ def get_num_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def info() -> dict:
+def info() -> dict[str, Any]:
     """What was built and what is in use: version, backends, isa, isas, num_threads."""
     core = _core()
     return {

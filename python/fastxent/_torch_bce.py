@@ -13,6 +13,7 @@ import torch
 import fastxent
 
 from ._checks import check_reduction
+from ._types import Reduction
 
 
 def _np(t):
@@ -62,8 +63,10 @@ class _BCEWithLogits(torch.autograd.Function):
         return _tensor(grad, x), None, None, None, None
 
 
-def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None,
-                                     reduction="mean"):
+def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
+                                     weight: torch.Tensor | None = None,
+                                     pos_weight: torch.Tensor | None = None,
+                                     reduction: Reduction = "mean") -> torch.Tensor:
     """torch.nn.functional.binary_cross_entropy_with_logits on fastxent's kernels (CPU
     tensors). Infinite logits give the limit where PyTorch gives NaN."""
     check_reduction(reduction)
@@ -75,16 +78,20 @@ def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None
 class BCEWithLogitsLoss(torch.nn.Module):
     """``torch.nn.BCEWithLogitsLoss`` on fastxent's kernels; weight and pos_weight are buffers."""
 
-    def __init__(self, weight=None, reduction="mean", pos_weight=None):
+    weight: torch.Tensor | None
+    pos_weight: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor | None = None, reduction: Reduction = "mean",
+                 pos_weight: torch.Tensor | None = None) -> None:
         super().__init__()
         check_reduction(reduction)
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
         self.reduction = reduction
 
-    def forward(self, input, target):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return binary_cross_entropy_with_logits(input, target, self.weight, self.pos_weight,
                                                 reduction=self.reduction)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"

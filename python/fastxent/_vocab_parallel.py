@@ -21,6 +21,7 @@ term subtracted. No communication in the backward.
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ import fastxent
 
 from ._checks import check_integer, check_reduction, check_smoothing
 from ._linear_torch import _np
+from ._types import Backend, Reduction
 
 
 def _check(local_logits, labels, vocab_start, weight):
@@ -186,9 +188,11 @@ class _VocabParallelCE(torch.autograd.Function):
         return (grad,) + (None,) * 8
 
 
-def vocab_parallel_cross_entropy(local_logits, labels, vocab_start, group=None, *, weight=None,
-                                 ignore_index=-100, label_smoothing=0.0, reduction="mean",
-                                 backend="auto"):
+def vocab_parallel_cross_entropy(local_logits: torch.Tensor, labels: torch.Tensor, vocab_start: int,
+                                 group: Any = None, *, weight: torch.Tensor | None = None,
+                                 ignore_index: int = -100, label_smoothing: float = 0.0,
+                                 reduction: Reduction = "mean",
+                                 backend: Backend = "auto") -> torch.Tensor:
     """Cross-entropy of logits split by vocabulary across the processes of `group` (default: the
     whole torch.distributed job). Every process of the group must call it with the same labels.
 

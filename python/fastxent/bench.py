@@ -558,13 +558,13 @@ def format_table(result: dict) -> str:
 
 
 def plot(results: list, path: str, title: str) -> None:
-    import matplotlib
+    import matplotlib  # type: ignore[import-not-found]  # (optional: only for --plot)
 
     matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found]
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    series = {}
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for res in results:
         c = res["shape"][1]
         for r in res["rows"]:
@@ -633,14 +633,14 @@ def bench_latency(opts, log=print) -> dict:
                 return jax_step(vg, z, yj)
             case.check("jax jit 1x10", *jitted())
             items.append(Timed("jax", "jax jit", "fused", jitted))
-        except Skip as why:
-            skipped["jax"] = str(why)
+        except Skip as jax_missing:
+            skipped["jax"] = str(jax_missing)
     run_interleaved(items, opts.min_time, opts.repeats)
     res = {it.label: it.median for it in items}
     parts = [f"{k} {v * 1e6:.1f} us" for k, v in res.items()]
     log(f"\ntiny call 1x10 {case.dtype.name} (median per call, loss + gradient): " + ", ".join(parts))
-    for why in skipped.values():
-        log(f"  skipped: {why}")
+    for reason in skipped.values():
+        log(f"  skipped: {reason}")
     return {"shape": [1, 10], "median_s": res}
 
 
@@ -808,7 +808,7 @@ def main(argv=None, prog=None, show_info=True) -> int:
               "x copy = time / np.copyto time (1.0 is the memory roofline); "
               "x torch, x jax = peer time / this time")
         scaling = not opts.no_scaling and "cpp" in opts.impls
-        cache = {}
+        cache: dict = {}
         for n, c in shapes:
             keep = scaling and (n, c) in scaling_shapes
             report["shapes"].append(bench_shape(n, c, opts, cache=cache, keep=keep))

@@ -41,13 +41,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 import functools
 import operator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 import fastxent
 
 from ._checks import check_reduction, check_smoothing, check_softcap, check_z_loss
+from ._types import Reduction
 
 __all__ = ["cross_entropy"]
 
@@ -177,9 +178,11 @@ def _static_options(ignore_index, label_smoothing, reduction, z_loss, softcap, w
                     z_loss, softcap, bool(want_accuracy))
 
 
-def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                  reduction="mean", z_loss=0.0, softcap=None, return_z_loss=False,
-                  return_accuracy=False):
+def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
+                  weight: jax.typing.ArrayLike | None = None, ignore_index: int = -100,
+                  label_smoothing: float = 0.0, reduction: Reduction = "mean", z_loss: float = 0.0,
+                  softcap: float | None = None, return_z_loss: bool = False,
+                  return_accuracy: bool = False) -> Any:
     """Softmax cross-entropy of ``logits`` (..., C) against integer ``labels`` (...) or class
     probabilities (..., C) of a float dtype.
 
@@ -232,7 +235,7 @@ def cross_entropy(logits, labels, *, weight=None, ignore_index=-100, label_smoot
     loss, z_term, accuracy = _cross_entropy(opts, x, labels, weight)
     if loss.dtype != dtype:
         loss, z_term = loss.astype(dtype), z_term.astype(dtype)
-    extra = ()
+    extra: tuple[Any, ...] = ()
     if return_z_loss:
         extra += (jax.lax.stop_gradient(z_term),)
     if return_accuracy:

@@ -79,15 +79,19 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "(the CPU build is enough; fastxent's kernels run on CPU)"
     ) from exc
 
+from typing import Any
+
 import numpy as np
 
 import fastxent
 
 from ._checks import check_reduction, check_softcap, check_z_loss
+from ._types import Reduction
 
 __all__ = ["CrossEntropyLoss", "cross_entropy", "linear_cross_entropy",
            "vocab_parallel_cross_entropy"]
 
+ml_dtypes: Any
 try:
     import ml_dtypes
 except ImportError:  # pragma: no cover - ml_dtypes comes with JAX and the test extras
@@ -457,9 +461,11 @@ def _check_args(input, target, weight, reduction):
                                "(as in PyTorch); pass weight.detach()")
 
 
-def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, softcap=None, return_z_loss=False,
-                  return_accuracy=False, grad_in_forward=False, inplace=False):
+def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, *,
+                  ignore_index: int = -100, reduction: Reduction = "mean",
+                  label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                  return_z_loss: bool = False, return_accuracy: bool = False,
+                  grad_in_forward: bool = False, inplace: bool = False) -> Any:
     """Cross-entropy between logits ``input`` and ``target``, as
     ``torch.nn.functional.cross_entropy`` computes it, on fastxent's fused CPU kernels.
 
@@ -555,9 +561,13 @@ class CrossEntropyLoss(torch.nn.Module):
     PyTorch. See :func:`cross_entropy` for the options and the module docs for ``inplace``.
     """
 
-    def __init__(self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 z_loss=0.0, softcap=None, return_z_loss=False, return_accuracy=False,
-                 grad_in_forward=False, inplace=False):
+    weight: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor | None = None, *, ignore_index: int = -100,
+                 reduction: Reduction = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 softcap: float | None = None, return_z_loss: bool = False,
+                 return_accuracy: bool = False, grad_in_forward: bool = False,
+                 inplace: bool = False) -> None:
         super().__init__()
         check_reduction(reduction)
         self.z_loss = check_z_loss(z_loss)
@@ -571,7 +581,7 @@ class CrossEntropyLoss(torch.nn.Module):
         self.grad_in_forward = grad_in_forward
         self.inplace = inplace
 
-    def forward(self, input, target):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> Any:
         return cross_entropy(
             input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
             label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
@@ -579,7 +589,7 @@ class CrossEntropyLoss(torch.nn.Module):
             grad_in_forward=self.grad_in_forward, inplace=self.inplace,
         )
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         parts = [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}",
                  f"label_smoothing={self.label_smoothing}"]
         if self.z_loss:
