@@ -1,5 +1,11 @@
 #include "dispatch.h"
 
+#include "portable.h"
+#if FASTXENT_MSVC && (defined(__x86_64__) || defined(_M_X64))
+#include <intrin.h>     // __cpuidex
+#include <immintrin.h>  // _xgetbv
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
@@ -8,7 +14,24 @@
 namespace fastxent {
 namespace {
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if (defined(__x86_64__) || defined(_M_X64)) && FASTXENT_MSVC
+// CPUID feature bits, and XGETBV for whether the OS saves the wide registers (the check GCC's
+// __builtin_cpu_supports makes too).
+bool cpu_has(const char* isa) {
+  int leaf1[4], leaf7[4];
+  __cpuidex(leaf1, 1, 0);
+  __cpuidex(leaf7, 7, 0);
+  const bool osxsave = (leaf1[2] >> 27) & 1;
+  const unsigned long long xcr0 = osxsave ? _xgetbv(0) : 0;
+  const bool ymm_saved = (xcr0 & 0x6) == 0x6;    // SSE + AVX state
+  const bool zmm_saved = (xcr0 & 0xE6) == 0xE6;  // + opmask, ZMM0-15 upper, ZMM16-31
+  const bool avx = (leaf1[2] >> 28) & 1, fma = (leaf1[2] >> 12) & 1, f16c = (leaf1[2] >> 29) & 1;
+  const bool avx2 = (leaf7[1] >> 5) & 1, avx512f = (leaf7[1] >> 16) & 1, avx512dq = (leaf7[1] >> 17) & 1;
+  if (std::string(isa) == "avx2") return ymm_saved && avx && avx2 && fma && f16c;
+  if (std::string(isa) == "avx512") return zmm_saved && avx512f && avx512dq && fma;
+  return false;
+}
+#elif defined(__x86_64__) || defined(_M_X64)
 bool cpu_has(const char* isa) {
   __builtin_cpu_init();
   // F16C (float16 rows) comes with every AVX2 CPU; checked anyway, the avx2 kernels use it.

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dispatch.h"
+#include "portable.h"
 #include "thread_pool.h"
 
 namespace fastxent {

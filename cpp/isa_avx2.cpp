@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "kernel_table.h"
+#include "portable.h"
 
 namespace fastxent {
 namespace isa_avx2 {

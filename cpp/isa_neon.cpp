@@ -5,6 +5,7 @@
 #include <arm_neon.h>
 
 #include "kernel_table.h"
+#include "portable.h"
 
 namespace fastxent {
 namespace isa_neon {

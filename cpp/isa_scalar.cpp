@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "kernel_table.h"
+#include "portable.h"
 
 namespace fastxent {
 namespace isa_scalar {

@@ -1,8 +1,8 @@
 // The one kernel body, compiled once per instruction set. Each isa_*.cpp includes it inside
 // its own namespace, after the vector types (VecF, VecD, Vec1) and vexp for that ISA, and
-// defines FASTXENT_TABLE_NAME / FASTXENT_ISA_NAME. Only builtins and this namespace's own
-// inline functions are used here, so no inline symbol compiled with wide-vector flags can be
-// picked by the linker for a narrower ISA.
+// defines FASTXENT_TABLE_NAME / FASTXENT_ISA_NAME. Only C library calls (portable.h's FX_*) and
+// this namespace's own inline functions are used here, so no inline symbol compiled with
+// wide-vector flags can be picked by the linker for a narrower ISA.
 //
 // Rows are stored as T (float, double, or the 16-bit Half / BFloat16) and computed in S =
 // compute_t<T> (double for double, float otherwise): vector loads widen T to S, stores round S
@@ -44,7 +44,7 @@ inline compute_t<T> load1(const T* p) {
   return Vec1<compute_t<T>>::load(p).v;
 }
 
-constexpr double kInf = __builtin_inf();
+constexpr double kInf = FX_INF;
 // A row whose logits and gradient fit in L2 together is processed with the exp values kept
 // there (one exp per logit); longer rows recompute exp in a second pass instead.
 constexpr int64_t kCachedRowBytes = 4096 * 1024;
@@ -272,7 +272,7 @@ inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
     }
     if (bm > st.m) {
       if (st.s != 0) {
-        const double rescale = __builtin_exp(st.m - bm);
+        const double rescale = FX_EXP(st.m - bm);
         st.s *= rescale;
         if constexpr (kNarrow<T>) {
           st.rest *= rescale;
@@ -299,7 +299,7 @@ inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
             xb + ky + 1, kStore ? out + skip + 1 : nullptr, len - ky - 1, S(st.m),
             kWeighted ? wb + ky + 1 : nullptr);
         const double dy = double(load1(x + skip)) - st.m;
-        const double ey = __builtin_exp(dy);
+        const double ey = FX_EXP(dy);
         if constexpr (kStore) out[skip] = S(ey);
         st.rest += b.s + after.s;
         st.ey = ey;
@@ -320,7 +320,7 @@ inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
     st.wsum += b.wsum;
   }
   if (st.nan) {
-    st.s = __builtin_nan("");
+    st.s = FX_NAN;
     st.rest = st.s;
   }
   return st;
@@ -344,9 +344,9 @@ struct ExpRow {
   S* scratch = nullptr;
   explicit ExpRow(int64_t n) {
     using size = decltype(sizeof(S));  // size_t, without a system header in this namespace
-    if (kNarrow<T> && n > 0) scratch = static_cast<S*>(__builtin_malloc(sizeof(S) * size(n)));
+    if (kNarrow<T> && n > 0) scratch = static_cast<S*>(FX_MALLOC(sizeof(S) * size(n)));
   }
-  ~ExpRow() { __builtin_free(scratch); }
+  ~ExpRow() { FX_FREE(scratch); }
   ExpRow(const ExpRow&) = delete;
   ExpRow& operator=(const ExpRow&) = delete;
   bool ok() const { return !kNarrow<T> || scratch != nullptr; }
@@ -366,7 +366,7 @@ inline void scale_blocks(const compute_t<T>* e, T* out, int64_t n, const double*
                          double m, double alpha, compute_t<T> beta, const compute_t<T>* w) {
   using S = compute_t<T>;
   for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
-    const S factor = S(alpha * __builtin_exp(block_shift[k] - m));
+    const S factor = S(alpha * FX_EXP(block_shift[k] - m));
     scale_row<T, kSmooth, kWeighted>(e + c0, out + c0, min64(kBlock, n - c0), factor, beta,
                                      kWeighted ? w + c0 : nullptr);
   }
@@ -463,7 +463,7 @@ inline double label_grad_from_rest(double rest, double ey, double label_coef, do
 
 // -log p_y = lse - z_y = log1p(rest / ey): exact for confident rows, where lse - z_y cancels.
 inline double nll_from_rest(double rest, double ey, double lse_minus_zy) {
-  return ey > 0 ? __builtin_log1p(rest / ey) : lse_minus_zy;
+  return ey > 0 ? FX_LOG1P(rest / ey) : lse_minus_zy;
 }
 
 template <class S>
@@ -546,7 +546,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
                                                               kNarrow<T> ? y : -1, want_probe)
                   : online_stats<T, false, kSmooth, kWeighted>(x, C, w, nullptr, nullptr,
                                                                kNarrow<T> ? y : -1, want_probe);
-      log_s = __builtin_log(st.s);
+      log_s = FX_LOG(st.s);
       lse = st.m + log_s;
       shift = st.m;
       inv_s = 1.0 / st.s;
@@ -570,7 +570,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
         st.rest = write_grad_sum<T, kSmooth, kWeighted>(x, g, y, sh, alpha, beta, w) +
                   write_grad_sum<T, kSmooth, kWeighted>(x + y + 1, g + y + 1, C - y - 1, sh,
                                                         alpha, beta, kWeighted ? w + y + 1 : w);
-        st.ey = __builtin_exp(zy - lse);
+        st.ey = FX_EXP(zy - lse);
       }
     }
     if (cached) {
@@ -589,7 +589,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     } else {
       // The label's entry p_y * coef - label_coef cancels when p_y is near 1: recompute it in
       // double from the saved logit rather than from the rounded stored value.
-      g[y] = S(__builtin_exp((zy - shift) - log_s) * c.p_coef - c.smooth_coef * wy -
+      g[y] = S(FX_EXP((zy - shift) - log_s) * c.p_coef - c.smooth_coef * wy -
                c.label_coef);
     }
   }
@@ -610,7 +610,7 @@ void ce_soft_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   T* grad = static_cast<T*>(a.grad);
   S* lse_io = static_cast<S*>(a.lse);
   const S* w = weight_of<S>(a);
-  S* q = static_cast<S*>(__builtin_malloc(sizeof(S) * size(C)));
+  S* q = static_cast<S*>(FX_MALLOC(sizeof(S) * size(C)));
   const bool want_cache = mode == CeMode::fused && row_fits_cache<T>(C);
   const ExpRow<T> exp_row(want_cache ? C : 0);
   const bool cached = want_cache && exp_row.ok();
@@ -621,7 +621,7 @@ void ce_soft_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     T* g = grad ? grad + i * a.grad_stride : nullptr;
     const S* t = targets + i * a.targets_stride;
     if (q == nullptr) {  // out of memory: a NaN loss rather than a wrong one
-      if (mode != CeMode::backward) a.row_loss[i] = __builtin_nan("");
+      if (mode != CeMode::backward) a.row_loss[i] = FX_NAN;
       continue;
     }
     Accum<S> target_sum;
@@ -638,7 +638,7 @@ void ce_soft_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     } else {
       const RowStats st = cached ? online_stats<T, true, true, true>(x, C, q, exp_row.row(g), block_shift)
                                  : online_stats<T, false, true, true>(x, C, q);
-      const double log_s = __builtin_log(st.s);
+      const double log_s = FX_LOG(st.s);
       lse = st.m + log_s;
       shift = st.m;
       inv_s = 1.0 / st.s;
@@ -654,7 +654,7 @@ void ce_soft_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       write_grad<T, true, true>(x, g, C, S(shift), S(alpha), S(gi), q);
     }
   }
-  __builtin_free(q);
+  FX_FREE(q);
 }
 
 template <class T, bool kSmooth, bool kWeighted>
@@ -703,13 +703,13 @@ void ce_capped_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   int64_t chunk = kCappedChunkBytes / (C * int64_t(sizeof(S)));
   chunk = chunk < 1 ? 1 : min64(chunk, r1 - r0);
   const bool grads = mode != CeMode::forward;
-  S* capped = static_cast<S*>(__builtin_malloc(sizeof(S) * size(chunk * C)));
+  S* capped = static_cast<S*>(FX_MALLOC(sizeof(S) * size(chunk * C)));
   // 16-bit rows: the gradient of the capped logits in S first, rounded once at the end.
-  S* grad_s = kNarrow<T> && grads ? static_cast<S*>(__builtin_malloc(sizeof(S) * size(chunk * C))) : nullptr;
+  S* grad_s = kNarrow<T> && grads ? static_cast<S*>(FX_MALLOC(sizeof(S) * size(chunk * C))) : nullptr;
   if (capped == nullptr || (kNarrow<T> && grads && grad_s == nullptr)) {
-    for (int64_t i = r0; i < r1 && mode != CeMode::backward; ++i) a.row_loss[i] = __builtin_nan("");
-    __builtin_free(capped);
-    __builtin_free(grad_s);
+    for (int64_t i = r0; i < r1 && mode != CeMode::backward; ++i) a.row_loss[i] = FX_NAN;
+    FX_FREE(capped);
+    FX_FREE(grad_s);
     return;
   }
   const S cap = S(a.softcap), inv_cap = S(1.0 / a.softcap);
@@ -758,8 +758,8 @@ void ce_capped_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       });
     }
   }
-  __builtin_free(capped);
-  __builtin_free(grad_s);
+  FX_FREE(capped);
+  FX_FREE(grad_s);
 }
 
 template <class T>
@@ -836,7 +836,7 @@ void rowop_rows_t(const RowsArgs& a, RowOp op, int64_t r0, int64_t r1) {
     const T* x = static_cast<const T*>(a.x) + i * a.x_stride;
     if (op == RowOp::logsumexp) {
       RowStats st = online_stats<T, false, false, false>(x, C, nullptr);
-      static_cast<T*>(a.out)[i * a.out_stride] = narrow_from_double<T>(st.m + __builtin_log(st.s));
+      static_cast<T*>(a.out)[i * a.out_stride] = narrow_from_double<T>(st.m + FX_LOG(st.s));
       continue;
     }
     T* out = static_cast<T*>(a.out) + i * a.out_stride;
@@ -851,7 +851,7 @@ void rowop_rows_t(const RowsArgs& a, RowOp op, int64_t r0, int64_t r1) {
       write_grad<T, false, false>(x, out, C, S(st.m), S(1.0 / st.s), S(0), nullptr);
     } else {
       // log p_j = (z_j - m) - log s: subtracting the max first keeps huge logits exact.
-      const S m = S(st.m), log_s = S(__builtin_log(st.s));
+      const S m = S(st.m), log_s = S(FX_LOG(st.s));
       for_each_vector<S>(C, [&](auto v, int64_t j, int) {
         using VV = decltype(v);
         ((VV::load(x + j) - VV::set1(m)) - VV::set1(log_s)).store(out + j);

@@ -1,7 +1,11 @@
 #include "thread_pool.h"
 
-#include <pthread.h>
+#include "portable.h"
+
+#if !FASTXENT_MSVC
+#include <pthread.h>  // pthread_atfork (Windows has no fork)
 #include <sched.h>
+#endif
 
 #include <atomic>
 #include <condition_variable>
@@ -109,7 +113,7 @@ int g_requested = 0;  // 0: not chosen yet
 
 // After fork() only the forking thread exists in the child: abandon the parent's pool
 // (its threads and possibly-held locks are gone) and build a new one on first use.
-void forget_pool_in_child() {
+[[maybe_unused]] void forget_pool_in_child() {
   new (&g_pool_mu) std::mutex();  // it may have been held by a thread that is gone
   g_pool = nullptr;
 }
@@ -117,11 +121,13 @@ void forget_pool_in_child() {
 std::shared_ptr<Pool> pool() {
   std::lock_guard<std::mutex> lk(g_pool_mu);
   if (!g_pool) {
+#if !FASTXENT_MSVC
     static bool atfork_registered = false;
     if (!atfork_registered) {
       pthread_atfork(nullptr, nullptr, forget_pool_in_child);
       atfork_registered = true;
     }
+#endif
     if (g_requested == 0) g_requested = default_num_threads();
     g_pool = new std::shared_ptr<Pool>(std::make_shared<Pool>(g_requested));
   }

@@ -6,7 +6,7 @@
 
 template <class V>
 // Always inlined: a call per vector passes the vector through memory (seen with double rows).
-[[gnu::always_inline]] inline V vexp(V x) {
+FX_ALWAYS_INLINE V vexp(V x) {
   using S = typename V::scalar;
   constexpr bool f32 = sizeof(S) == 4;
   const V lo = V::set1(f32 ? S(-87.33654) : S(-708.3964185322641));

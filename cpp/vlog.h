@@ -5,7 +5,7 @@
 #pragma once
 
 template <class V>
-[[gnu::always_inline]] inline V vlog(V x) {
+FX_ALWAYS_INLINE V vlog(V x) {
   using S = typename V::scalar;
   // u^2 <= 1/9: 8 odd terms reach float precision, 16 reach double precision.
   constexpr int kTerms = sizeof(S) == 4 ? 8 : 16;

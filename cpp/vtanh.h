@@ -6,7 +6,7 @@
 #pragma once
 
 template <class V>
-[[gnu::always_inline]] inline V vtanh(V u) {
+FX_ALWAYS_INLINE V vtanh(V u) {
   using S = typename V::scalar;
   constexpr bool f32 = sizeof(S) == 4;
   const V zero = V::set1(S(0)), one = V::set1(S(1)), threshold = V::set1(S(0.25));

@@ -7,13 +7,13 @@
 
 inline uint32_t float_bits(float f) {
   uint32_t b;
-  __builtin_memcpy(&b, &f, 4);
+  FX_MEMCPY(&b, &f, 4);
   return b;
 }
 
 inline float bits_float(uint32_t b) {
   float f;
-  __builtin_memcpy(&f, &b, 4);
+  FX_MEMCPY(&f, &b, 4);
   return f;
 }
 

@@ -40,16 +40,16 @@ struct Vec1 {
   static void split_exponent(Vec1 x, Vec1& mant, Vec1& expo) {
     if constexpr (sizeof(S) == 4) {
       int32_t bits;
-      __builtin_memcpy(&bits, &x.v, 4);
+      FX_MEMCPY(&bits, &x.v, 4);
       expo.v = S((bits >> 23) - 127);
       bits = (bits & 0x007FFFFF) | 0x3F800000;
-      __builtin_memcpy(&mant.v, &bits, 4);
+      FX_MEMCPY(&mant.v, &bits, 4);
     } else {
       int64_t bits;
-      __builtin_memcpy(&bits, &x.v, 8);
+      FX_MEMCPY(&bits, &x.v, 8);
       expo.v = S((bits >> 52) - 1023);
       bits = (bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL;
-      __builtin_memcpy(&mant.v, &bits, 8);
+      FX_MEMCPY(&mant.v, &bits, 8);
     }
   }
 
@@ -58,17 +58,17 @@ struct Vec1 {
   static Vec1 pow2_of_rounded(Vec1 t) {
     if constexpr (sizeof(S) == 4) {
       uint32_t bits;
-      __builtin_memcpy(&bits, &t.v, 4);
+      FX_MEMCPY(&bits, &t.v, 4);
       bits = (bits << 23) + (127u << 23);
       S r;
-      __builtin_memcpy(&r, &bits, 4);
+      FX_MEMCPY(&r, &bits, 4);
       return {r};
     } else {
       uint64_t bits;
-      __builtin_memcpy(&bits, &t.v, 8);
+      FX_MEMCPY(&bits, &t.v, 8);
       bits = (bits << 52) + (uint64_t(1023) << 52);
       S r;
-      __builtin_memcpy(&r, &bits, 8);
+      FX_MEMCPY(&r, &bits, 8);
       return {r};
     }
   }

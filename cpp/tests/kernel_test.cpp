@@ -15,6 +15,7 @@
 
 #include "dispatch.h"
 #include "driver.h"
+#include "portable.h"
 #include "thread_pool.h"
 
 namespace fastxent {

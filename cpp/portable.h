@@ -1,0 +1,38 @@
+// What GCC/Clang and MSVC spell differently, in one place. Included at global scope (by every
+// isa_*.cpp before its ISA namespace, and by the driver files): the kernel headers use these
+// macros inside the ISA namespaces.
+//
+// The kernels call the C library's exp/log/malloc/... (GCC: its builtins), never an inline
+// std:: function: an inline function compiled in an AVX-512 file could otherwise be the copy
+// the linker keeps for every file, and run on a CPU without AVX-512.
+#pragma once
+
+// FASTXENT_CHECK_MSVC_PATHS compiles the MSVC branches with another compiler, to check them
+// where no MSVC is at hand (see tools/check_msvc_paths.sh).
+#if (defined(_MSC_VER) && !defined(__clang__)) || defined(FASTXENT_CHECK_MSVC_PATHS)
+#define FASTXENT_MSVC 1
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#define FX_ALWAYS_INLINE __forceinline
+#define FX_EXP(x) ::exp(double(x))
+#define FX_LOG(x) ::log(double(x))
+#define FX_LOG1P(x) ::log1p(double(x))
+#define FX_INF (std::numeric_limits<double>::infinity())
+#define FX_NAN (std::numeric_limits<double>::quiet_NaN())
+#define FX_MALLOC(n) ::malloc(n)
+#define FX_FREE(p) ::free(p)
+#define FX_MEMCPY(dst, src, n) ::memcpy(dst, src, n)
+#else
+#define FASTXENT_MSVC 0
+#define FX_ALWAYS_INLINE inline __attribute__((always_inline))
+#define FX_EXP(x) __builtin_exp(x)
+#define FX_LOG(x) __builtin_log(x)
+#define FX_LOG1P(x) __builtin_log1p(x)
+#define FX_INF (__builtin_inf())
+#define FX_NAN (__builtin_nan(""))
+#define FX_MALLOC(n) __builtin_malloc(n)
+#define FX_FREE(p) __builtin_free(p)
+#define FX_MEMCPY(dst, src, n) __builtin_memcpy(dst, src, n)
+#endif
