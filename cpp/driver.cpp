@@ -289,6 +289,7 @@ int64_t read_labels(const void* data, IntType type, int64_t n, int64_t stride, i
     case IntType::u32: return read_labels_t(static_cast<const uint32_t*>(data), n, stride, classes, ignore_index, out);
     case IntType::u64: return read_labels_t(static_cast<const uint64_t*>(data), n, stride, classes, ignore_index, out);
   }
+  throw std::invalid_argument("labels: unknown integer type");  // (the bindings map every dtype)
 }
 
 double target_weight_sum(const int64_t* labels, int64_t n, int64_t ignore_index, const double* weight) {

@@ -77,7 +77,7 @@ struct Accum {
 // Calls f(vector, offset, accumulator index) over [0, n): four vectors at a time, then one,
 // then scalar for the tail. f is a generic lambda so the same code runs at every width.
 template <class S, class F>
-inline void for_each_vector(int64_t n, F&& f) {
+FX_ALWAYS_INLINE void for_each_vector(int64_t n, F&& f) {
   using V = typename VecFor<S>::type;
   constexpr int64_t W = V::width;
   int64_t j = 0;
@@ -91,7 +91,22 @@ inline void for_each_vector(int64_t n, F&& f) {
   for (; j < n; ++j) f(Vec1<S>{}, j, 0);
 }
 
+// Rows read from memory ask for the data this far ahead: the hardware prefetchers alone keep
+// too few lines in flight for a loop that also computes an exp per element.
+constexpr int64_t kPrefetchBytes = 16 * 1024;
+constexpr int64_t kLineBytes = 64;
+
+// Asks for the cache lines of [p + ahead, p + ahead + bytes) (bytes a multiple of a line), where
+// p + ahead may be past the row (the next row, for contiguous rows) or the array.
 template <class T>
+FX_ALWAYS_INLINE void prefetch_ahead(const T* p, int64_t bytes) {
+  const char* at = reinterpret_cast<const char*>(p) + kPrefetchBytes;
+  for (int64_t b = 0; b < bytes; b += kLineBytes) FX_PREFETCH(at + b);
+}
+
+// The max of n elements; with kPrefetch (a first read of data from memory), the lines
+// kPrefetchBytes ahead are requested on the way.
+template <class T, bool kPrefetch = false>
 inline compute_t<T> max_of(const T* x, int64_t n) {
   using S = compute_t<T>;
   using V = typename VecFor<S>::type;
@@ -100,6 +115,11 @@ inline compute_t<T> max_of(const T* x, int64_t n) {
   for_each_vector<S>(n, [&](auto v, int64_t j, int k) {
     using VV = decltype(v);
     if constexpr (std::is_same_v<VV, V>) {
+      // Once per 4 vectors (for_each_vector's unrolled step), which is a whole number of lines.
+      constexpr int64_t kStepBytes = 4 * V::width * int64_t(sizeof(T));
+      if constexpr (kPrefetch && kStepBytes % kLineBytes == 0) {
+        if (k == 0) prefetch_ahead(x + j, kStepBytes);
+      }
       lanes[k] = vmax(lanes[k], V::load(x + j));
     } else {
       const S xj = load1(x + j);
@@ -150,6 +170,7 @@ inline BlockSums exp_block(const T* x, compute_t<T>* out, int64_t n, compute_t<T
     } else {
       shift = VV::set1(m);
     }
+    if constexpr (VV::width > 1) FX_PREFETCH(reinterpret_cast<const char*>(x + j) + kPrefetchBytes);
     VV shifted = VV::load(x + j) - shift;
     VV e = vexp(shifted);
     if constexpr (kStore) e.store(out + j);
@@ -192,7 +213,7 @@ inline bool stream_output(const CeArgs& a) {
 // out_j = f(VV, j) for j in [0, n), like for_each_vector, but the vectors are streamed to
 // aligned addresses: a scalar peel up to the vector alignment, streamed vectors, a scalar tail.
 template <class S, class F>
-inline void for_each_streamed(S* out, int64_t n, F&& f) {
+FX_ALWAYS_INLINE void for_each_streamed(S* out, int64_t n, F&& f) {
   using V = typename VecFor<S>::type;
   constexpr int64_t W = V::width;
   constexpr uint64_t kAlign = sizeof(S) * W;
@@ -206,20 +227,25 @@ inline void for_each_streamed(S* out, int64_t n, F&& f) {
   for (; j < n; ++j) f(Vec1<S>{}, j).store(out + j);
 }
 
-// out_j = in_j * alpha - beta * w_j (beta * 1 when unweighted), rounded to T; in may be out.
+// out_j = in_j * alpha - beta * w_j (beta * 1 when unweighted), rounded to T; in may be out
+// (not when streamed).
 template <class T, bool kSmooth, bool kWeighted>
 inline void scale_row(const compute_t<T>* in, T* out, int64_t n, compute_t<T> alpha,
-                      compute_t<T> beta, const compute_t<T>* w) {
+                      compute_t<T> beta, const compute_t<T>* w, bool stream = false) {
   using S = compute_t<T>;
-  for_each_vector<S>(n, [&](auto v, int64_t j, int) {
+  auto scaled = [&](auto v, int64_t j) {
     using VV = decltype(v);
     VV r = VV::load(in + j) * VV::set1(alpha);
     if constexpr (kSmooth) {
       VV b = kWeighted ? VV::load(w + j) * VV::set1(beta) : VV::set1(beta);
       r = r - b;
     }
-    r.store(out + j);
-  });
+    return r;
+  };
+  if constexpr (!kNarrow<T>) {
+    if (stream) return for_each_streamed<S>(out, n, scaled);
+  }
+  for_each_vector<S>(n, [&](auto v, int64_t j, int) { scaled(v, j).store(out + j); });
 }
 
 // Where a row's first maximum is, for accuracy: the block of the first maximum (blocks are
@@ -252,13 +278,20 @@ inline bool label_is_argmax(const ArgmaxProbe& probe, const RowStats& st, double
 // value is skipped, so -inf - -inf never happens. With kStore the exp values go to out,
 // each block relative to the running max at that block, recorded in block_shift[block].
 // 16-bit rows with a label (skip >= 0, its index in x) keep its exp apart: st.rest + st.ey.
-template <class T, bool kStore, bool kSmooth, bool kWeighted>
+// before_block(k) is called before each block k (ce_rows writes a previous row's block there).
+struct NoBlockHook {
+  void operator()(int64_t) const {}
+};
+
+template <class T, bool kStore, bool kSmooth, bool kWeighted, class Hook = NoBlockHook>
 inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
                              compute_t<T>* out = nullptr, double* block_shift = nullptr,
-                             int64_t skip = -1, ArgmaxProbe* probe = nullptr) {
+                             int64_t skip = -1, ArgmaxProbe* probe = nullptr,
+                             Hook&& before_block = Hook{}) {
   using S = compute_t<T>;
   RowStats st{-kInf, 0.0, 0.0, 0.0, false};
   for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
+    before_block(k);
     const int64_t len = min64(kBlock, n - c0);
     const T* xb = x + c0;
     const S* wb = kWeighted ? w + c0 : nullptr;
@@ -336,25 +369,28 @@ inline bool row_fits_cache(int64_t n) {
   return n * bytes_per_class <= kCachedRowBytes && n <= kMaxCachedBlocks * kBlock;
 }
 
-// Where a cached row keeps its exp values: in the output row itself when T = S, else in a float
-// row allocated once per call (rounding exp values to 16 bits before scaling would round twice).
+// Where a cached row keeps its exp values: in the output row itself, or in a row of S allocated
+// once per call: for 16-bit rows (rounding exp values to 16 bits before scaling would round
+// twice), and for gradients streamed to memory (the exp values then stay in this thread's cache,
+// and the output is written once, without being read into the cache first).
 template <class T>
 struct ExpRow {
   using S = compute_t<T>;
   S* scratch = nullptr;
-  explicit ExpRow(int64_t n) {
+  bool separate;
+  ExpRow(int64_t n, bool separate_row) : separate(kNarrow<T> || separate_row) {
     using size = decltype(sizeof(S));  // size_t, without a system header in this namespace
-    if (kNarrow<T> && n > 0) scratch = static_cast<S*>(FX_MALLOC(sizeof(S) * size(n)));
+    if (separate && n > 0) scratch = static_cast<S*>(FX_MALLOC(sizeof(S) * size(n)));
   }
   ~ExpRow() { FX_FREE(scratch); }
   ExpRow(const ExpRow&) = delete;
   ExpRow& operator=(const ExpRow&) = delete;
-  bool ok() const { return !kNarrow<T> || scratch != nullptr; }
+  bool ok() const { return !separate || scratch != nullptr; }
   S* row(T* out) const {
     if constexpr (kNarrow<T>) {
       return scratch;
     } else {
-      return out;
+      return separate ? scratch : out;
     }
   }
 };
@@ -363,12 +399,13 @@ struct ExpRow {
 // exp(shift_block - m) - beta * w_j, which is p_j * coef - beta * w_j. e may be out.
 template <class T, bool kSmooth, bool kWeighted>
 inline void scale_blocks(const compute_t<T>* e, T* out, int64_t n, const double* block_shift,
-                         double m, double alpha, compute_t<T> beta, const compute_t<T>* w) {
+                         double m, double alpha, compute_t<T> beta, const compute_t<T>* w,
+                         bool stream = false) {
   using S = compute_t<T>;
   for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
     const S factor = S(alpha * FX_EXP(block_shift[k] - m));
     scale_row<T, kSmooth, kWeighted>(e + c0, out + c0, min64(kBlock, n - c0), factor, beta,
-                                     kWeighted ? w + c0 : nullptr);
+                                     kWeighted ? w + c0 : nullptr, stream);
   }
 }
 
@@ -389,6 +426,7 @@ inline void write_grad(const T* x, T* out, int64_t n, compute_t<T> shift, comput
     if (stream) {
       for_each_streamed<S>(out, n, [&](auto v, int64_t j) {
         using VV = decltype(v);
+        if constexpr (VV::width > 1) FX_PREFETCH(reinterpret_cast<const char*>(x + j) + kPrefetchBytes);
         VV r = vexp(VV::load(x + j) - VV::set1(shift)) * VV::set1(alpha);
         if constexpr (kSmooth) r = r - (kWeighted ? VV::load(w + j) * VV::set1(beta) : VV::set1(beta));
         return r;
@@ -398,6 +436,8 @@ inline void write_grad(const T* x, T* out, int64_t n, compute_t<T> shift, comput
   }
   for_each_vector<S>(n, [&](auto v, int64_t j, int) {
     using VV = decltype(v);
+    // (Once per vector: the same line asked for twice costs less than a test.)
+    if constexpr (VV::width > 1) FX_PREFETCH(reinterpret_cast<const char*>(x + j) + kPrefetchBytes);
     VV r = vexp(VV::load(x + j) - VV::set1(shift)) * VV::set1(alpha);
     if constexpr (kSmooth) {
       VV b = kWeighted ? VV::load(w + j) * VV::set1(beta) : VV::set1(beta);
@@ -486,6 +526,12 @@ inline double z_loss_coef(const CeArgs& a, int64_t i, double lse) {
   return a.z_grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0) * 2.0 * a.z_loss * lse;
 }
 
+// The label's entry p_y * p_coef - smooth_coef * w_y - label_coef, in double from the label's
+// logit: it cancels when p_y is near 1, so the rounded stored exp value would not do.
+inline double label_grad_of(double zy, double shift, double log_s, const GradCoefs& c, double wy) {
+  return FX_EXP((zy - shift) - log_s) * c.p_coef - c.smooth_coef * wy - c.label_coef;
+}
+
 inline GradCoefs grad_coefs(const CeArgs& a, int64_t i, double wy, double lse) {
   const double g = a.grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0);
   const double label_coef = g * (1.0 - a.smoothing) * wy;
@@ -502,6 +548,38 @@ inline void store_row_outputs(const CeArgs& a, int64_t i, double lse, bool corre
   if (a.correct) a.correct[i] = correct;
 }
 
+// A fused row whose exp values wait in a scratch row to be scaled into its gradient, which is
+// streamed out one block at a time while the next row's statistics are computed: the reads of
+// one row and the writes of the other then share the memory bus, and both overlap the exps.
+template <class T, bool kSmooth, bool kWeighted>
+struct PendingRow {
+  using S = compute_t<T>;
+  const S* e = nullptr;  // null: no row pending
+  const double* block_shift = nullptr;
+  T* g = nullptr;
+  int64_t n = 0, next_block = 0, label = 0;
+  double m = 0, alpha = 0;
+  S beta = 0, label_grad = 0;
+  const S* w = nullptr;
+
+  void write_block(int64_t k) {
+    const int64_t c0 = k * kBlock;
+    if (e == nullptr || k != next_block || c0 >= n) return;
+    const S factor = S(alpha * FX_EXP(block_shift[k] - m));
+    scale_row<T, kSmooth, kWeighted>(e + c0, g + c0, min64(kBlock, n - c0), factor, beta,
+                                     kWeighted ? w + c0 : nullptr, true);
+    ++next_block;
+  }
+  // The blocks not written yet, then the label's entry after the streamed stores.
+  void finish() {
+    if (e == nullptr) return;
+    while (next_block * kBlock < n) write_block(next_block);
+    VecFor<S>::type::store_fence();
+    if constexpr (!kNarrow<T>) g[label] = label_grad;  // (16-bit rows are never pending)
+    e = nullptr;
+  }
+};
+
 template <class T, bool kSmooth, bool kWeighted>
 void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   using S = compute_t<T>;
@@ -511,17 +589,24 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   S* lse_out = static_cast<S*>(a.lse);
   const S* w = weight_of<S>(a);
   const bool want_cache = mode == CeMode::fused && row_fits_cache<T>(C);
-  const ExpRow<T> exp_row(want_cache ? C : 0);
-  const bool cached = want_cache && exp_row.ok();
-  // Streamed only where the gradient is written straight from the logits: cached rows keep
-  // their exp values in the output row, and streaming them through a separate buffer instead
-  // measured slower at (4096, 32000).
-  const bool stream = !cached && mode != CeMode::forward && stream_output<T>(a);
-  double block_shift[kMaxCachedBlocks];
+  // In place, the logits' lines are in cache already and are overwritten where they are.
+  const bool in_place = a.grad == a.logits;
+  const bool stream = mode != CeMode::forward && !in_place && stream_output<T>(a);
+  // Streamed cached rows alternate between two scratch rows (PendingRow).
+  const bool two_rows = want_cache && stream && !kNarrow<T>;
+  const ExpRow<T> exp_rows[2] = {{want_cache ? C : 0, stream}, {two_rows ? C : 0, stream}};
+  const bool cached = want_cache && exp_rows[0].ok() && (!two_rows || exp_rows[1].ok());
+  const bool pipelined = cached && two_rows;
+  double block_shifts[2][kMaxCachedBlocks];
+  int which = 0;  // the scratch row and block shifts of the row being computed
+  PendingRow<T, kSmooth, kWeighted> pending;
+  auto write_pending_block = [&pending](int64_t k) { pending.write_block(k); };
   for (int64_t i = r0; i < r1; ++i) {
     const T* x = logits + i * a.logits_stride;
     T* g = grad ? grad + i * a.grad_stride : nullptr;
     const int64_t y = a.labels[i];
+    const ExpRow<T>& exp_row = exp_rows[which];
+    double* block_shift = block_shifts[which];
     if (y == a.ignore_index) {
       if (mode != CeMode::backward) {
         a.row_loss[i] = 0.0;
@@ -542,10 +627,17 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       // 16-bit rows keep the label's exp apart (skip = y): see label_grad_from_rest.
       ArgmaxProbe probe{y};
       ArgmaxProbe* want_probe = a.correct ? &probe : nullptr;
-      st = cached ? online_stats<T, true, kSmooth, kWeighted>(x, C, w, exp_row.row(g), block_shift,
-                                                              kNarrow<T> ? y : -1, want_probe)
-                  : online_stats<T, false, kSmooth, kWeighted>(x, C, w, nullptr, nullptr,
-                                                               kNarrow<T> ? y : -1, want_probe);
+      if (pipelined) {
+        st = online_stats<T, true, kSmooth, kWeighted>(x, C, w, exp_row.row(g), block_shift, -1,
+                                                       want_probe, write_pending_block);
+        pending.finish();
+      } else if (cached) {
+        st = online_stats<T, true, kSmooth, kWeighted>(x, C, w, exp_row.row(g), block_shift,
+                                                       kNarrow<T> ? y : -1, want_probe);
+      } else {
+        st = online_stats<T, false, kSmooth, kWeighted>(x, C, w, nullptr, nullptr,
+                                                        kNarrow<T> ? y : -1, want_probe);
+      }
       log_s = FX_LOG(st.s);
       lse = st.m + log_s;
       shift = st.m;
@@ -573,9 +665,27 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
         st.ey = FX_EXP(zy - lse);
       }
     }
+    if constexpr (!kNarrow<T>) {
+      if (pipelined) {
+        // Written while the next row is read (or by the finish() after the loop).
+        pending.e = exp_row.row(g);
+        pending.block_shift = block_shift;
+        pending.g = g;
+        pending.n = C;
+        pending.next_block = 0;
+        pending.m = shift;
+        pending.alpha = c.p_coef * inv_s;
+        pending.beta = S(c.smooth_coef);
+        pending.w = w;
+        pending.label = y;
+        pending.label_grad = S(label_grad_of(zy, shift, log_s, c, wy));
+        which ^= 1;
+        continue;
+      }
+    }
     if (cached) {
       scale_blocks<T, kSmooth, kWeighted>(exp_row.row(g), g, C, block_shift, shift,
-                                          c.p_coef * inv_s, S(c.smooth_coef), w);
+                                          c.p_coef * inv_s, S(c.smooth_coef), w, stream);
     } else if (!kNarrow<T> || mode != CeMode::backward) {
       write_grad<T, kSmooth, kWeighted>(x, g, C, S(shift), S(c.p_coef * inv_s), S(c.smooth_coef),
                                         w, stream);
@@ -587,12 +697,10 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
                                                         c.smooth_coef, a.weight_total, wy,
                                                         c.z_coef));
     } else {
-      // The label's entry p_y * coef - label_coef cancels when p_y is near 1: recompute it in
-      // double from the saved logit rather than from the rounded stored value.
-      g[y] = S(FX_EXP((zy - shift) - log_s) * c.p_coef - c.smooth_coef * wy -
-               c.label_coef);
+      g[y] = S(label_grad_of(zy, shift, log_s, c, wy));
     }
   }
+  pending.finish();
 }
 
 #include "kernel_small_rows.h"
@@ -612,7 +720,7 @@ void ce_soft_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   const S* w = weight_of<S>(a);
   S* q = static_cast<S*>(FX_MALLOC(sizeof(S) * size(C)));
   const bool want_cache = mode == CeMode::fused && row_fits_cache<T>(C);
-  const ExpRow<T> exp_row(want_cache ? C : 0);
+  const ExpRow<T> exp_row(want_cache ? C : 0, false);
   const bool cached = want_cache && exp_row.ok();
   double block_shift[kMaxCachedBlocks];
   const S keep = S(1.0 - a.smoothing), spread = S(a.smoothing / double(C));
@@ -829,7 +937,7 @@ void rowop_rows_t(const RowsArgs& a, RowOp op, int64_t r0, int64_t r1) {
   using S = compute_t<T>;
   const int64_t C = a.classes;
   const bool want_cache = op == RowOp::softmax && row_fits_cache<T>(C);
-  const ExpRow<T> exp_row(want_cache ? C : 0);
+  const ExpRow<T> exp_row(want_cache ? C : 0, false);
   const bool cached = want_cache && exp_row.ok();
   double block_shift[kMaxCachedBlocks];
   for (int64_t i = r0; i < r1; ++i) {

@@ -24,6 +24,12 @@
 #define FX_MALLOC(n) ::malloc(n)
 #define FX_FREE(p) ::free(p)
 #define FX_MEMCPY(dst, src, n) ::memcpy(dst, src, n)
+#if defined(_M_ARM64)
+#define FX_PREFETCH(p) __prefetch(static_cast<const void*>(p))
+#else
+#include <xmmintrin.h>
+#define FX_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0)
+#endif
 #else
 #define FASTXENT_MSVC 0
 #define FX_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -35,4 +41,6 @@
 #define FX_MALLOC(n) __builtin_malloc(n)
 #define FX_FREE(p) __builtin_free(p)
 #define FX_MEMCPY(dst, src, n) __builtin_memcpy(dst, src, n)
+// A hint to start loading a cache line (never faults, so it may point past an array's end).
+#define FX_PREFETCH(p) __builtin_prefetch(static_cast<const void*>(p), 0, 3)
 #endif

@@ -41,3 +41,43 @@ def test_streamed_gradient(cpp_isa, threads, dtype, rng):
     x = logits.copy()
     fastxent.cross_entropy_with_grad(x, labels, inplace=True, backend="cpp", **opts)
     np.testing.assert_array_equal(x, grad)
+
+
+@pytest.mark.parametrize("options", [
+    {"reduction": "mean"},
+    {"label_smoothing": 0.1, "reduction": "sum"},
+    {"weight": "random", "label_smoothing": 0.05, "reduction": "mean"},
+    {"z_loss": 1e-3, "reduction": "none", "grad_output": "rows"},
+], ids=["plain", "smoothing", "weighted", "z_loss"])
+def test_pipelined_cached_rows(cpp_isa, threads, options, rng):
+    """Rows that fit in cache, of a gradient over 32 MB: the fused pass keeps each row's exp
+    values in a scratch row and streams its gradient out while it reads the next row (two
+    rows in flight). Every row must come out whole, the label entries after the streamed
+    stores, with ignored rows, a masked (-inf) block and the last row of each thread's share."""
+    for dtype in FLOAT_DTYPES:
+        c = 8191  # odd: rows start at every alignment
+        n = (34 << 20) // (c * np.dtype(dtype).itemsize) + 3
+        logits = rng.standard_normal((n, c)).astype(dtype)
+        logits[5, :2000] = -np.inf
+        labels = make_labels(rng, (n,), c, ignore_index=-100, ignore_frac=0.1)
+        labels[5] = 2500
+        labels[6:9] = -100  # consecutive ignored rows between two pending rows
+        opts = dict(options)
+        if opts.get("weight") == "random":
+            opts["weight"] = rng.uniform(0.5, 2.0, c).astype(dtype)
+        if opts.get("grad_output") == "rows":
+            opts["grad_output"] = rng.uniform(-2, 2, n)
+        want_loss, want = fastxent.cross_entropy_with_grad(logits, labels, backend="numpy", **opts)
+        scale = gradient_scale(labels, c, **{k: v for k, v in opts.items() if k != "z_loss"})
+        loss, grad = fastxent.cross_entropy_with_grad(logits, labels, backend="cpp", **opts)
+        assert_loss_close(loss, want_loss, dtype, logits)
+        assert_grad_close(grad, want, dtype, scale)
+        assert np.all(grad[labels == -100] == 0)
+        if not opts.get("label_smoothing"):
+            assert np.all(grad[5, :2000] == 0)  # p = 0 at -inf (smoothing would add -eps/C w_j)
+        # A strided out= view, misaligned by one element.
+        big = np.full((n, c + 5), 7.0, dtype)
+        out = big[:, 1:c + 1]
+        fastxent.cross_entropy_with_grad(logits, labels, out=out, backend="cpp", **opts)
+        np.testing.assert_array_equal(out, grad)
+        assert np.all(big[:, 0] == 7.0) and np.all(big[:, c + 1:] == 7.0)

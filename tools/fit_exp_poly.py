@@ -1,14 +1,20 @@
-"""Fit the polynomial behind the kernels' vectorised exp.
+"""Fit the polynomials and the table behind the kernels' vectorised exp (cpp/vexp.h).
 
-exp(x) = 2**n * p(r), n = round(x / ln2), r = x - n*ln2 in [-ln2/2, ln2/2].
-p is fitted to exp on that interval by weighted least squares on Chebyshev nodes
-(relative error), with p(0) = 1 pinned, then iterated with Lawson's reweighting so the
-result is close to minimax. Run it to regenerate the constants in cpp/vexp.h.
+Two reductions are used:
+- polynomial only: exp(x) = 2**n * p(r), n = round(x / ln2), r = x - n*ln2 in [-ln2/2, ln2/2]
+  (float on ISAs without a vector table lookup: degree 6; double: Taylor to degree 12);
+- table of 8: exp(x) = 2**(k/8) * p(r), k = round(8x / ln2), r = x - k*ln2/8 in [-ln2/16, ln2/16],
+  2**(k/8) = 2**(k >> 3) * T[k & 7] (float on ISAs with a lane permute: degree 3).
+p is fitted to exp on its interval by weighted least squares on Chebyshev nodes (relative
+error), with p(0) = 1 pinned, then iterated with Lawson's reweighting so the result is close to
+minimax. Run it to regenerate the constants.
 """
+import struct
+
 import numpy as np
 
-def fit(degree, iters=60):
-    half = np.log(2.0) / 2
+
+def fit(degree, half=np.log(2.0) / 2, iters=80):
     k = np.arange(4000)
     r = half * np.cos(np.pi * (k + 0.5) / k.size)
     target = np.expm1(r)          # fit p(r) - 1 = r*q(r) so p(0) == 1 exactly
@@ -22,10 +28,29 @@ def fit(degree, iters=60):
         weights /= weights.mean()
     return np.concatenate([[1.0], coef]), err.max()
 
+
+def float_bits(v):
+    return struct.unpack("<I", struct.pack("<f", v))[0]
+
+
+def split_hi_lo(value, keep_bits=12):
+    """value = hi + lo with hi's low mantissa bits cleared, so k * hi is exact for |k| < 2**11."""
+    hi_bits = float_bits(value) & ~((1 << (24 - keep_bits)) - 1)
+    hi = struct.unpack("<f", struct.pack("<I", hi_bits))[0]
+    return hi, float(np.float32(value - hi))
+
+
 if __name__ == "__main__":
-    # float32 kernels use degree 6 (2e-9 relative, far under float32's 6e-8 ulp).
+    # Polynomial only, float: degree 6 (2e-9 relative, far under float32's 6e-8 ulp).
     # float64 kernels use the Taylor series to degree 12: its remainder on the interval is
     # below 2.5e-16, which a least-squares fit in float64 cannot beat (ill-conditioned basis).
     c, e = fit(6)
-    print(f"degree 6: max rel err {e:.3e}")
+    print(f"polynomial, degree 6: max rel err {e:.3e}")
     print("  " + ", ".join(repr(float(x)) for x in c))
+    # Table of 8, float: degree 3 (2.6e-8 relative; about 1.1 ulp with float rounding).
+    c, e = fit(3, half=np.log(2.0) / 16)
+    print(f"table of 8, degree 3: max rel err {e:.3e}")
+    print("  " + ", ".join(repr(float(np.float32(x))) for x in c))
+    print("  8 / ln2 =", repr(8 / np.log(2.0)), " ln2 / 8 = hi + lo:", split_hi_lo(np.log(2.0) / 8))
+    table = [float_bits(float(np.float32(2.0 ** (j / 8)))) - (127 << 23) for j in range(8)]
+    print("  T (bits of 2^(j/8) less the exponent bias):", ", ".join(f"0x{b:06X}" for b in table))

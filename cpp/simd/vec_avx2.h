@@ -118,10 +118,20 @@ struct VecF {
     bits = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)), _mm256_set1_epi32(0x3F800000));
     mant.v = _mm256_castsi256_ps(bits);
   }
-  // 2^n from t = n + 1.5 * 2^23 (see vexp.h).
-  static VecF pow2_of_rounded(VecF t) {
-    __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
-    return {_mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(127 << 23)))};
+  // 2^n from t = n + 127 + 1.5 * 2^23 (see vexp.h).
+  static VecF pow2_from_biased(VecF t) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.v), 23))}; }
+  // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23: table[k & 7] (one lane permute) plus the
+  // exponent k >> 3 moved into place (see vexp.h).
+  static constexpr bool has_lut8 = true;
+  static VecF exp2_eighths(VecF t, const uint32_t* table) {
+    const __m256i bits = _mm256_castps_si256(t.v);
+    // Built from the (constant) values, not loaded: a float load of the table would have to be
+    // repeated after every float store.
+    const __m256i entries = _mm256_setr_epi32(int(table[0]), int(table[1]), int(table[2]), int(table[3]),
+                                              int(table[4]), int(table[5]), int(table[6]), int(table[7]));
+    const __m256 frac = _mm256_permutevar8x32_ps(_mm256_castsi256_ps(entries), bits);
+    const __m256i expo = _mm256_and_si256(_mm256_slli_epi32(bits, 20), _mm256_set1_epi32(0x7F800000));
+    return {_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(frac), expo))};
   }
 };
 
@@ -193,11 +203,8 @@ struct VecD {
                            _mm256_set1_epi64x(0x3FF0000000000000LL));
     mant.v = _mm256_castsi256_pd(bits);
   }
-  // 2^n from t = n + 1.5 * 2^52 (see vexp.h).
-  static VecD pow2_of_rounded(VecD t) {
-    __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t.v), 52);
-    return {_mm256_castsi256_pd(_mm256_add_epi64(e, _mm256_set1_epi64x(int64_t(1023) << 52)))};
-  }
+  // 2^n from t = n + 1023 + 1.5 * 2^52 (see vexp.h).
+  static VecD pow2_from_biased(VecD t) { return {_mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(t.v), 52))}; }
 };
 
 // Elementwise kernels (bce_body.h): a where x < lo, else b (NaN x: b); and res, or 0 where c is

@@ -64,10 +64,20 @@ struct VecF {
     expo.v = _mm512_getexp_ps(x.v);
     mant.v = _mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
   }
-  // 2^n from t = n + 1.5 * 2^23 (see vexp.h).
-  static VecF pow2_of_rounded(VecF t) {
-    __m512i e = _mm512_slli_epi32(_mm512_castps_si512(t.v), 23);
-    return {_mm512_castsi512_ps(_mm512_add_epi32(e, _mm512_set1_epi32(127 << 23)))};
+  // 2^n from t = n + 127 + 1.5 * 2^23 (see vexp.h).
+  static VecF pow2_from_biased(VecF t) { return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t.v), 23))}; }
+  // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23 (see vexp.h): the permute reads the low 4 bits,
+  // so the table is repeated.
+  static constexpr bool has_lut8 = true;
+  static VecF exp2_eighths(VecF t, const uint32_t* table) {
+    const __m512i bits = _mm512_castps_si512(t.v);
+    const __m512i entries = _mm512_setr_epi32(int(table[0]), int(table[1]), int(table[2]), int(table[3]),
+                                              int(table[4]), int(table[5]), int(table[6]), int(table[7]),
+                                              int(table[0]), int(table[1]), int(table[2]), int(table[3]),
+                                              int(table[4]), int(table[5]), int(table[6]), int(table[7]));
+    const __m512i frac = _mm512_permutexvar_epi32(bits, entries);
+    const __m512i expo = _mm512_and_si512(_mm512_slli_epi32(bits, 20), _mm512_set1_epi32(0x7F800000));
+    return {_mm512_castsi512_ps(_mm512_add_epi32(frac, expo))};
   }
 };
 
@@ -109,11 +119,8 @@ struct VecD {
     expo.v = _mm512_getexp_pd(x.v);
     mant.v = _mm512_getmant_pd(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
   }
-  // 2^n from t = n + 1.5 * 2^52 (see vexp.h).
-  static VecD pow2_of_rounded(VecD t) {
-    __m512i e = _mm512_slli_epi64(_mm512_castpd_si512(t.v), 52);
-    return {_mm512_castsi512_pd(_mm512_add_epi64(e, _mm512_set1_epi64(int64_t(1023) << 52)))};
-  }
+  // 2^n from t = n + 1023 + 1.5 * 2^52 (see vexp.h).
+  static VecD pow2_from_biased(VecD t) { return {_mm512_castsi512_pd(_mm512_slli_epi64(_mm512_castpd_si512(t.v), 52))}; }
 };
 
 // Elementwise kernels (bce_body.h): a where x < lo, else b (NaN x: b); and res, or 0 where c is

@@ -72,11 +72,8 @@ struct VecF {
     bits = vorrq_u32(vandq_u32(bits, vdupq_n_u32(0x007FFFFF)), vdupq_n_u32(0x3F800000));
     mant.v = vreinterpretq_f32_u32(bits);
   }
-  // 2^n from t = n + 1.5 * 2^23 (see vexp.h).
-  static VecF pow2_of_rounded(VecF t) {
-    uint32x4_t e = vshlq_n_u32(vreinterpretq_u32_f32(t.v), 23);
-    return {vreinterpretq_f32_u32(vaddq_u32(e, vdupq_n_u32(127u << 23)))};
-  }
+  // 2^n from t = n + 127 + 1.5 * 2^23 (see vexp.h).
+  static VecF pow2_from_biased(VecF t) { return {vreinterpretq_f32_u32(vshlq_n_u32(vreinterpretq_u32_f32(t.v), 23))}; }
 };
 
 struct VecD {
@@ -129,11 +126,8 @@ struct VecD {
     bits = vorrq_u64(vandq_u64(bits, vdupq_n_u64(0x000FFFFFFFFFFFFFULL)), vdupq_n_u64(0x3FF0000000000000ULL));
     mant.v = vreinterpretq_f64_u64(bits);
   }
-  // 2^n from t = n + 1.5 * 2^52 (see vexp.h).
-  static VecD pow2_of_rounded(VecD t) {
-    uint64x2_t e = vshlq_n_u64(vreinterpretq_u64_f64(t.v), 52);
-    return {vreinterpretq_f64_u64(vaddq_u64(e, vdupq_n_u64(uint64_t(1023) << 52)))};
-  }
+  // 2^n from t = n + 1023 + 1.5 * 2^52 (see vexp.h).
+  static VecD pow2_from_biased(VecD t) { return {vreinterpretq_f64_u64(vshlq_n_u64(vreinterpretq_u64_f64(t.v), 52))}; }
 };
 
 // Elementwise kernels (bce_body.h): a where x < lo, else b (NaN x: b); and res, or 0 where c is

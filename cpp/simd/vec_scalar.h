@@ -53,20 +53,31 @@ struct Vec1 {
     }
   }
 
-  // 2^n where t = n + 1.5 * 2^mantissa_bits: the low bits of t hold n, and shifting them to the
-  // exponent field drops the rest (unsigned arithmetic: the wrap-around is intended).
-  static Vec1 pow2_of_rounded(Vec1 t) {
+  // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23, float only (see vexp.h).
+  static constexpr bool has_lut8 = sizeof(S) == 4;
+  static Vec1 exp2_eighths(Vec1 t, const uint32_t* table) {
+    uint32_t bits;
+    FX_MEMCPY(&bits, &t.v, 4);
+    bits = table[bits & 7] + ((bits << 20) & 0x7F800000u);
+    float r;
+    FX_MEMCPY(&r, &bits, 4);
+    return {r};
+  }
+
+  // 2^n where t = n + bias + 1.5 * 2^mantissa_bits: the low bits of t hold the biased exponent,
+  // and shifting them to the exponent field drops the rest.
+  static Vec1 pow2_from_biased(Vec1 t) {
     if constexpr (sizeof(S) == 4) {
       uint32_t bits;
       FX_MEMCPY(&bits, &t.v, 4);
-      bits = (bits << 23) + (127u << 23);
+      bits <<= 23;
       S r;
       FX_MEMCPY(&r, &bits, 4);
       return {r};
     } else {
       uint64_t bits;
       FX_MEMCPY(&bits, &t.v, 8);
-      bits = (bits << 52) + (uint64_t(1023) << 52);
+      bits <<= 52;
       S r;
       FX_MEMCPY(&r, &bits, 8);
       return {r};
