@@ -278,20 +278,13 @@ inline bool label_is_argmax(const ArgmaxProbe& probe, const RowStats& st, double
 // value is skipped, so -inf - -inf never happens. With kStore the exp values go to out,
 // each block relative to the running max at that block, recorded in block_shift[block].
 // 16-bit rows with a label (skip >= 0, its index in x) keep its exp apart: st.rest + st.ey.
-// before_block(k) is called before each block k (ce_rows writes a previous row's block there).
-struct NoBlockHook {
-  void operator()(int64_t) const {}
-};
-
-template <class T, bool kStore, bool kSmooth, bool kWeighted, class Hook = NoBlockHook>
+template <class T, bool kStore, bool kSmooth, bool kWeighted>
 inline RowStats online_stats(const T* x, int64_t n, const compute_t<T>* w,
                              compute_t<T>* out = nullptr, double* block_shift = nullptr,
-                             int64_t skip = -1, ArgmaxProbe* probe = nullptr,
-                             Hook&& before_block = Hook{}) {
+                             int64_t skip = -1, ArgmaxProbe* probe = nullptr) {
   using S = compute_t<T>;
   RowStats st{-kInf, 0.0, 0.0, 0.0, false};
   for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
-    before_block(k);
     const int64_t len = min64(kBlock, n - c0);
     const T* xb = x + c0;
     const S* wb = kWeighted ? w + c0 : nullptr;
@@ -548,38 +541,6 @@ inline void store_row_outputs(const CeArgs& a, int64_t i, double lse, bool corre
   if (a.correct) a.correct[i] = correct;
 }
 
-// A fused row whose exp values wait in a scratch row to be scaled into its gradient, which is
-// streamed out one block at a time while the next row's statistics are computed: the reads of
-// one row and the writes of the other then share the memory bus, and both overlap the exps.
-template <class T, bool kSmooth, bool kWeighted>
-struct PendingRow {
-  using S = compute_t<T>;
-  const S* e = nullptr;  // null: no row pending
-  const double* block_shift = nullptr;
-  T* g = nullptr;
-  int64_t n = 0, next_block = 0, label = 0;
-  double m = 0, alpha = 0;
-  S beta = 0, label_grad = 0;
-  const S* w = nullptr;
-
-  void write_block(int64_t k) {
-    const int64_t c0 = k * kBlock;
-    if (e == nullptr || k != next_block || c0 >= n) return;
-    const S factor = S(alpha * FX_EXP(block_shift[k] - m));
-    scale_row<T, kSmooth, kWeighted>(e + c0, g + c0, min64(kBlock, n - c0), factor, beta,
-                                     kWeighted ? w + c0 : nullptr, true);
-    ++next_block;
-  }
-  // The blocks not written yet, then the label's entry after the streamed stores.
-  void finish() {
-    if (e == nullptr) return;
-    while (next_block * kBlock < n) write_block(next_block);
-    VecFor<S>::type::store_fence();
-    if constexpr (!kNarrow<T>) g[label] = label_grad;  // (16-bit rows are never pending)
-    e = nullptr;
-  }
-};
-
 template <class T, bool kSmooth, bool kWeighted>
 void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   using S = compute_t<T>;
@@ -591,22 +552,16 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   const bool want_cache = mode == CeMode::fused && row_fits_cache<T>(C);
   // In place, the logits' lines are in cache already and are overwritten where they are.
   const bool in_place = a.grad == a.logits;
+  // Streamed gradients of cached rows are scaled from a scratch row of exp values, which stays
+  // in this thread's cache, so the output is written once and never read.
   const bool stream = mode != CeMode::forward && !in_place && stream_output<T>(a);
-  // Streamed cached rows alternate between two scratch rows (PendingRow).
-  const bool two_rows = want_cache && stream && !kNarrow<T>;
-  const ExpRow<T> exp_rows[2] = {{want_cache ? C : 0, stream}, {two_rows ? C : 0, stream}};
-  const bool cached = want_cache && exp_rows[0].ok() && (!two_rows || exp_rows[1].ok());
-  const bool pipelined = cached && two_rows;
-  double block_shifts[2][kMaxCachedBlocks];
-  int which = 0;  // the scratch row and block shifts of the row being computed
-  PendingRow<T, kSmooth, kWeighted> pending;
-  auto write_pending_block = [&pending](int64_t k) { pending.write_block(k); };
+  const ExpRow<T> exp_row(want_cache ? C : 0, stream);
+  const bool cached = want_cache && exp_row.ok();
+  double block_shift[kMaxCachedBlocks];
   for (int64_t i = r0; i < r1; ++i) {
     const T* x = logits + i * a.logits_stride;
     T* g = grad ? grad + i * a.grad_stride : nullptr;
     const int64_t y = a.labels[i];
-    const ExpRow<T>& exp_row = exp_rows[which];
-    double* block_shift = block_shifts[which];
     if (y == a.ignore_index) {
       if (mode != CeMode::backward) {
         a.row_loss[i] = 0.0;
@@ -627,11 +582,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       // 16-bit rows keep the label's exp apart (skip = y): see label_grad_from_rest.
       ArgmaxProbe probe{y};
       ArgmaxProbe* want_probe = a.correct ? &probe : nullptr;
-      if (pipelined) {
-        st = online_stats<T, true, kSmooth, kWeighted>(x, C, w, exp_row.row(g), block_shift, -1,
-                                                       want_probe, write_pending_block);
-        pending.finish();
-      } else if (cached) {
+      if (cached) {
         st = online_stats<T, true, kSmooth, kWeighted>(x, C, w, exp_row.row(g), block_shift,
                                                        kNarrow<T> ? y : -1, want_probe);
       } else {
@@ -665,24 +616,6 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
         st.ey = FX_EXP(zy - lse);
       }
     }
-    if constexpr (!kNarrow<T>) {
-      if (pipelined) {
-        // Written while the next row is read (or by the finish() after the loop).
-        pending.e = exp_row.row(g);
-        pending.block_shift = block_shift;
-        pending.g = g;
-        pending.n = C;
-        pending.next_block = 0;
-        pending.m = shift;
-        pending.alpha = c.p_coef * inv_s;
-        pending.beta = S(c.smooth_coef);
-        pending.w = w;
-        pending.label = y;
-        pending.label_grad = S(label_grad_of(zy, shift, log_s, c, wy));
-        which ^= 1;
-        continue;
-      }
-    }
     if (cached) {
       scale_blocks<T, kSmooth, kWeighted>(exp_row.row(g), g, C, block_shift, shift,
                                           c.p_coef * inv_s, S(c.smooth_coef), w, stream);
@@ -700,7 +633,6 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       g[y] = S(label_grad_of(zy, shift, log_s, c, wy));
     }
   }
-  pending.finish();
 }
 
 #include "kernel_small_rows.h"

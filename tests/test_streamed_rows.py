@@ -49,11 +49,11 @@ def test_streamed_gradient(cpp_isa, threads, dtype, rng):
     {"weight": "random", "label_smoothing": 0.05, "reduction": "mean"},
     {"z_loss": 1e-3, "reduction": "none", "grad_output": "rows"},
 ], ids=["plain", "smoothing", "weighted", "z_loss"])
-def test_pipelined_cached_rows(cpp_isa, threads, options, rng):
+def test_streamed_cached_rows(cpp_isa, threads, options, rng):
     """Rows that fit in cache, of a gradient over 32 MB: the fused pass keeps each row's exp
-    values in a scratch row and streams its gradient out while it reads the next row (two
-    rows in flight). Every row must come out whole, the label entries after the streamed
-    stores, with ignored rows, a masked (-inf) block and the last row of each thread's share."""
+    values in a scratch row and streams the scaled gradient out from it. Every row must come
+    out whole, the label entries after the streamed stores, with ignored rows (some
+    consecutive) and a masked (-inf) block."""
     for dtype in FLOAT_DTYPES:
         c = 8191  # odd: rows start at every alignment
         n = (34 << 20) // (c * np.dtype(dtype).itemsize) + 3
