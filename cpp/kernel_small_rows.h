@@ -35,13 +35,54 @@ inline void transpose_square(V* r) {
   }
 }
 
+template <class V, class = void>
+struct HasOddColumns : std::false_type {};
+template <class V>
+struct HasOddColumns<V, std::void_t<decltype(V::has_odd_columns)>> : std::true_type {};
+
+// Contiguous rows of an odd number of classes (below the width) move between memory and
+// columns without a transpose (V::load_columns / store_columns, odd_columns.h). False: not here.
+template <class V>
+FX_ALWAYS_INLINE bool load_odd_columns(int C, const typename V::scalar* src, int64_t stride, V* cols) {
+  if constexpr (HasOddColumns<V>::value) {
+    if (stride == C) {
+      switch (C) {
+        case 1: V::template load_columns<1>(src, cols); return true;
+        case 3: V::template load_columns<3>(src, cols); return true;
+        case 5: V::template load_columns<5>(src, cols); return true;
+        case 7: V::template load_columns<7>(src, cols); return true;
+        default: break;
+      }
+    }
+  }
+  return false;
+}
+
+template <class V>
+FX_ALWAYS_INLINE bool store_odd_columns(int C, const V* cols, typename V::scalar* dst, int64_t stride) {
+  if constexpr (HasOddColumns<V>::value) {
+    if (stride == C) {
+      switch (C) {
+        case 1: V::template store_columns<1>(cols, dst); return true;
+        case 3: V::template store_columns<3>(cols, dst); return true;
+        case 5: V::template store_columns<5>(cols, dst); return true;
+        case 7: V::template store_columns<7>(cols, dst); return true;
+        default: break;
+      }
+    }
+  }
+  return false;
+}
+
 // Rows are taken in batches of kSmallBatch: the per-row scalars (label, weight, gradient scale)
 // are laid out in arrays for the whole batch first, and the per-row results are written out
 // after it, so that no vector load waits for the scalar stores just made (a store-forwarding
 // stall that cost more than the arithmetic).
 constexpr int64_t kSmallBatch = 256;
 
-template <class T, CeMode kMode, bool kSmooth, bool kWeighted>
+// kBlocks = ceil(C / W), fixed at compile time: the loops over the column blocks (loads,
+// transposes, stores) unroll and their vectors stay at fixed places.
+template <class T, CeMode kMode, bool kSmooth, bool kWeighted, int kBlocks>
 void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   using S = compute_t<T>;
   using V = typename VecFor<S>::type;
@@ -51,7 +92,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   constexpr bool kLoss = kMode != CeMode::backward;
   // Copies of what the loops read: stores through the output pointers could alias a's fields.
   const int C = int(a.classes);
-  const int blocks = (C + W - 1) / W;
+  constexpr int blocks = kBlocks;
   const T* logits = static_cast<const T*>(a.logits);
   const int64_t logits_stride = a.logits_stride, grad_stride = a.grad_stride;
   const int64_t* labels = a.labels;
@@ -132,11 +173,13 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         src = logits + i * logits_stride;
         src_stride = logits_stride;
       }
-      for (int b = 0; b < blocks; ++b) {
-        const int n = C - b * W < W ? C - b * W : W;
-        V* r = cols + b * W;
-        for (int l = 0; l < W; ++l) r[l] = V::load_first(src + l * src_stride + b * W, n);
-        transpose_square(r);
+      if (!load_odd_columns(C, src, src_stride, cols)) {
+        for (int b = 0; b < blocks; ++b) {
+          const int n = C - b * W < W ? C - b * W : W;
+          V* r = cols + b * W;
+          for (int l = 0; l < W; ++l) r[l] = V::load_first(src + l * src_stride + b * W, n);
+          transpose_square(r);
+        }
       }
 
       if constexpr (kMode != CeMode::backward) {
@@ -247,23 +290,25 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
           dst = grad + i * grad_stride;
           dst_stride = grad_stride;
         }
-        for (int b = 0; b < blocks; ++b) transpose_square(cols + b * W);
-        // Rows in order, each a full vector per block: with contiguous rows, what a vector
-        // writes past its row's n classes is rewritten by the next store, so only the stores
-        // that would pass the group's end (and every store of strided rows) are cut to n
-        // classes (store_first).
-        // Contiguous rows: row l's vectors stay inside the group for l < plain_rows.
-        const int plain_rows = dst_stride == C ? int((int64_t(W) * C - blocks * W) / C) + 1 : 0;
-        const int last_n = C - (blocks - 1) * W;
-        int l = 0;
-        for (; l < plain_rows && l < W; ++l) {
-          S* row = dst + l * dst_stride;
-          for (int b = 0; b < blocks; ++b) cols[b * W + l].store(row + b * W);
-        }
-        for (; l < W; ++l) {
-          S* row = dst + l * dst_stride;
-          for (int b = 0; b + 1 < blocks; ++b) cols[b * W + l].store(row + b * W);
-          cols[(blocks - 1) * W + l].store_first(row + (blocks - 1) * W, last_n);
+        if (!store_odd_columns(C, cols, dst, dst_stride)) {
+          for (int b = 0; b < blocks; ++b) transpose_square(cols + b * W);
+          // Rows in order, each a full vector per block: with contiguous rows, what a vector
+          // writes past its row's n classes is rewritten by the next store, so only the stores
+          // that would pass the group's end (and every store of strided rows) are cut to n
+          // classes (store_first).
+          // Contiguous rows: row l's vectors stay inside the group for l < plain_rows.
+          const int plain_rows = dst_stride == C ? int((int64_t(W) * C - blocks * W) / C) + 1 : 0;
+          const int last_n = C - (blocks - 1) * W;
+          int l = 0;
+          for (; l < plain_rows && l < W; ++l) {
+            S* row = dst + l * dst_stride;
+            for (int b = 0; b < blocks; ++b) cols[b * W + l].store(row + b * W);
+          }
+          for (; l < W; ++l) {
+            S* row = dst + l * dst_stride;
+            for (int b = 0; b + 1 < blocks; ++b) cols[b * W + l].store(row + b * W);
+            cols[(blocks - 1) * W + l].store_first(row + (blocks - 1) * W, last_n);
+          }
         }
         if constexpr (kNarrow<T>) {
           T* gout = grad + i * grad_stride;
@@ -307,11 +352,24 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   if (i0 < r1) ce_rows<T, kSmooth, kWeighted>(a, i0, r1, kMode);
 }
 
+template <class T, bool kSmooth, bool kWeighted, int kBlocks>
+void ce_small_rows_blocks(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
+  switch (mode) {
+    case CeMode::forward: return ce_small_rows_mode<T, CeMode::forward, kSmooth, kWeighted, kBlocks>(a, r0, r1);
+    case CeMode::fused: return ce_small_rows_mode<T, CeMode::fused, kSmooth, kWeighted, kBlocks>(a, r0, r1);
+    case CeMode::backward: return ce_small_rows_mode<T, CeMode::backward, kSmooth, kWeighted, kBlocks>(a, r0, r1);
+  }
+}
+
 template <class T, bool kSmooth, bool kWeighted>
 void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
-  switch (mode) {
-    case CeMode::forward: return ce_small_rows_mode<T, CeMode::forward, kSmooth, kWeighted>(a, r0, r1);
-    case CeMode::fused: return ce_small_rows_mode<T, CeMode::fused, kSmooth, kWeighted>(a, r0, r1);
-    case CeMode::backward: return ce_small_rows_mode<T, CeMode::backward, kSmooth, kWeighted>(a, r0, r1);
+  constexpr int W = VecFor<compute_t<T>>::type::width;
+  static_assert(kSmallClasses <= 4 * W, "at most 4 column blocks");
+  switch ((a.classes + W - 1) / W) {
+    case 1: return ce_small_rows_blocks<T, kSmooth, kWeighted, 1>(a, r0, r1, mode);
+    case 2: if constexpr (kSmallClasses > W) return ce_small_rows_blocks<T, kSmooth, kWeighted, 2>(a, r0, r1, mode); break;
+    case 3: if constexpr (kSmallClasses > 2 * W) return ce_small_rows_blocks<T, kSmooth, kWeighted, 3>(a, r0, r1, mode); break;
+    case 4: if constexpr (kSmallClasses > 3 * W) return ce_small_rows_blocks<T, kSmooth, kWeighted, 4>(a, r0, r1, mode); break;
+    default: break;
   }
 }

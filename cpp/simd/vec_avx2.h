@@ -2,6 +2,8 @@
 #pragma once
 #include <immintrin.h>
 
+#include "odd_columns.h"
+
 struct VecF {
   using scalar = float;
   static constexpr int width = 8;
@@ -93,6 +95,32 @@ struct VecF {
     }
     if (n == 1) _mm_store_ss(p, part);
   }
+  // 8 contiguous rows of C classes (C odd, below 8) to and from column order: cols[j] lane l
+  // is p[l * C + j]. C loads or stores, C permutes and C (C - 1) blends (odd_columns.h).
+  static constexpr bool has_odd_columns = true;
+  template <int C>
+  FX_ALWAYS_INLINE static void load_columns(const float* p, VecF* cols) {
+    constexpr const OddColumns<C, 8>& t = kOddColumns<C, 8>;
+    __m256 rows[C];
+    for (int s = 0; s < C; ++s) rows[s] = _mm256_loadu_ps(p + 8 * s);
+    for (int j = 0; j < C; ++j) {
+      __m256 b = rows[0];
+      for (int s = 1; s < C; ++s) b = _mm256_blendv_ps(b, rows[s], lanes(t.in_mask[j][s]));
+      cols[j].v = _mm256_permutevar8x32_ps(b, _mm256_castps_si256(lanes(t.gather[j])));
+    }
+  }
+  template <int C>
+  FX_ALWAYS_INLINE static void store_columns(const VecF* cols, float* p) {
+    constexpr const OddColumns<C, 8>& t = kOddColumns<C, 8>;
+    __m256 moved[C];
+    for (int j = 0; j < C; ++j) moved[j] = _mm256_permutevar8x32_ps(cols[j].v, _mm256_castps_si256(lanes(t.scatter[j])));
+    for (int v = 0; v < C; ++v) {
+      __m256 out = moved[0];
+      for (int j = 1; j < C; ++j) out = _mm256_blendv_ps(out, moved[j], lanes(t.out_mask[v][j]));
+      _mm256_storeu_ps(p + 8 * v, out);
+    }
+  }
+  static __m256 lanes(const int32_t* table) { return _mm256_loadu_ps(reinterpret_cast<const float*>(table)); }
   // 8 x 8 transpose: r[i] lane j <-> r[j] lane i.
   static void transpose(VecF* r) {
     const __m256 t0 = _mm256_unpacklo_ps(r[0].v, r[1].v), t1 = _mm256_unpackhi_ps(r[0].v, r[1].v);
