@@ -25,6 +25,7 @@
 #define FX_FREE(p) ::free(p)
 #define FX_MEMCPY(dst, src, n) ::memcpy(dst, src, n)
 #if defined(_M_ARM64)
+#include <intrin.h>  // __prefetch (MSVC declares the ARM64-specific intrinsics there)
 #define FX_PREFETCH(p) __prefetch(static_cast<const void*>(p))
 #else
 #include <xmmintrin.h>
