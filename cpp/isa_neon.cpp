@@ -6,6 +6,7 @@
 
 #include "kernel_table.h"
 #include "portable.h"
+#include "scratch.h"
 
 namespace fastxent {
 namespace isa_neon {

@@ -371,11 +371,11 @@ struct ExpRow {
   using S = compute_t<T>;
   S* scratch = nullptr;
   bool separate;
+  // (The row is this thread's kept scratch, scratch.h: no page faults on every call.)
   ExpRow(int64_t n, bool separate_row) : separate(kNarrow<T> || separate_row) {
     using size = decltype(sizeof(S));  // size_t, without a system header in this namespace
-    if (separate && n > 0) scratch = static_cast<S*>(FX_MALLOC(sizeof(S) * size(n)));
+    if (separate && n > 0) scratch = static_cast<S*>(kept_scratch(ScratchSlot::exp_row, sizeof(S) * size(n)));
   }
-  ~ExpRow() { FX_FREE(scratch); }
   ExpRow(const ExpRow&) = delete;
   ExpRow& operator=(const ExpRow&) = delete;
   bool ok() const { return !separate || scratch != nullptr; }

@@ -16,6 +16,7 @@
 #include "../cpp/bce_driver.h"
 #include "../cpp/dispatch.h"
 #include "../cpp/driver.h"
+#include "../cpp/scratch.h"
 #include "../cpp/thread_pool.h"
 
 namespace nb = nanobind;
@@ -29,6 +30,15 @@ using OutDoubles = nb::ndarray<double, nb::ndim<1>, nb::c_contig, nb::device::cp
 using OutFlags = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 namespace {
+
+// Room for n values of T for this call: memory kept between calls on this thread
+// (cpp/scratch.h), or, when too large to keep, owned by `owner` for the call.
+template <class T>
+T* call_scratch(ScratchSlot slot, size_t n, std::unique_ptr<unsigned char[]>& owner) {
+  if (void* kept = kept_scratch(slot, n * sizeof(T))) return static_cast<T*>(kept);
+  owner.reset(new unsigned char[n * sizeof(T)]);  // (std::bad_alloc: MemoryError)
+  return reinterpret_cast<T*>(owner.get());
+}
 
 // The dtype of an array of floats. dtype_code (a DType, or -1) names it explicitly: NumPy has no
 // bfloat16 of its own (ml_dtypes' arrays may not pass through the buffer protocol), so the
@@ -155,8 +165,8 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   a.ignore_index = ignore_index;
   a.smoothing = smoothing;
 
-  // Not std::vector: its zero-filling would be a whole extra pass over the labels' size.
-  std::unique_ptr<int64_t[]> labels64;
+  // Scratch, not std::vector: its zero-filling would be a whole extra pass.
+  std::unique_ptr<unsigned char[]> labels64, own_row_z, own_lse, own_row_loss;
   int64_t kept_rows = a.rows;  // rows whose label is not ignore_index
   if (extras.targets) {
     const Matrix& t = *extras.targets;
@@ -174,9 +184,9 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
       a.labels = static_cast<const int64_t*>(labels.data());
       kept_rows = check_labels(a.labels, a.rows, a.classes, ignore_index);
     } else {
-      labels64.reset(new int64_t[size_t(a.rows)]);
-      kept_rows = read_labels(labels.data(), type, a.rows, stride, a.classes, ignore_index, labels64.get());
-      a.labels = labels64.get();
+      int64_t* widened = call_scratch<int64_t>(ScratchSlot::labels, size_t(a.rows), labels64);
+      kept_rows = read_labels(labels.data(), type, a.rows, stride, a.classes, ignore_index, widened);
+      a.labels = widened;
     }
   }
   a.z_loss = extras.z_loss;
@@ -184,14 +194,12 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   auto check_rows = [&](size_t n, const char* name) {
     if (int64_t(n) != a.rows) throw nb::value_error((std::string(name) + " must have one entry per row").c_str());
   };
-  std::vector<double> own_row_z;
   if (a.z_loss != 0.0 && mode != CeMode::backward) {
     if (extras.row_z) {
       check_rows(extras.row_z->shape(0), "row_z");
       a.row_z = extras.row_z->data();
     } else {
-      own_row_z.resize(size_t(a.rows));
-      a.row_z = own_row_z.data();
+      a.row_z = call_scratch<double>(ScratchSlot::row_z, size_t(a.rows), own_row_z);  // all rows written
     }
   }
   if (extras.correct && mode != CeMode::backward) {
@@ -221,21 +229,16 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   a.grad_scale = grad_output / denom;
   a.z_grad_scale = grad_output / z_denom;
   a.grad_rows = grad_rows ? grad_rows->data() : nullptr;
-  std::unique_ptr<double[]> own_lse;  // as doubles: enough room for a.rows floats or doubles
   if (lse) {
     a.lse = const_cast<void*>(lse->data());
-  } else {
-    own_lse.reset(new double[size_t(a.rows)]);
-    a.lse = own_lse.get();
+  } else {  // as doubles: enough room for a.rows floats or doubles
+    a.lse = call_scratch<double>(ScratchSlot::lse, size_t(a.rows), own_lse);
   }
-
-  std::unique_ptr<double[]> own_row_loss;
   if (mode != CeMode::backward) {
     if (row_loss) {
       a.row_loss = row_loss->data();
-    } else {
-      own_row_loss.reset(new double[size_t(a.rows)]);  // every row is written by the kernels
-      a.row_loss = own_row_loss.get();
+    } else {  // every row is written by the kernels
+      a.row_loss = call_scratch<double>(ScratchSlot::row_loss, size_t(a.rows), own_row_loss);
     }
   }
   if (mode != CeMode::forward) {
