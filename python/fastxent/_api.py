@@ -17,28 +17,28 @@ from ._checks import as_array, check_grad_output, gradient_buffer, lse_dtype, ma
 # labels of one per row and in range, grad's shape and overlap); on any error the call falls
 # back to the full path, whose message names the problem. This keeps a 1 x 10 call at a few
 # microseconds.
-_PLAIN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FAST_SCALARS = {np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
 _FAST_REDUCTIONS = {"mean": 1, "sum": 2}
 _F32_MAX = float(np.finfo(np.float32).max)
+_FORWARD, _FUSED = 0, 1
+_ndarray = np.ndarray
+_float32 = np.float32
 
 
-def _fast_path(logits, labels, reduction, backend):
-    """The cpp backend module when (logits, labels, reduction) qualify for the fast path."""
-    if (type(logits) is not np.ndarray or type(labels) is not np.ndarray
-            or reduction not in _FAST_REDUCTIONS or logits.dtype not in _PLAIN_DTYPES
-            or logits.ndim != 2 or labels.ndim != 1):  # (N-D inputs: the full path, not an error)
+def _fast_core(logits, labels, backend):
+    """fastxent._core when the arrays and backend qualify for the fast path (the caller has
+    checked the types, the options and the reduction)."""
+    if logits.ndim != 2 or labels.ndim != 1:  # (N-D inputs: the full path, not an error)
         return None
     impl = _backends.loaded(backend)
-    return impl if impl.name == "cpp" else None
+    return impl.core if impl.name == "cpp" else None
 
 
-def _fast_loss(logits, loss):
-    if logits.dtype.itemsize == 8:
-        return np.float64(loss)
-    if -_F32_MAX <= loss <= _F32_MAX or loss != loss:
-        return np.float32(loss)
+def _fast_loss(scalar, loss):
+    if scalar is not _float32 or -_F32_MAX <= loss <= _F32_MAX:
+        return scalar(loss)
     with np.errstate(over="ignore"):  # a float32 loss past its range is inf, as in PyTorch
-        return np.float32(loss)
+        return scalar(loss)
 
 
 def _loss_result(problem, loss):
@@ -81,12 +81,16 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *, weight: ArrayLike | N
     Returns a NumPy scalar for "mean"/"sum" and an array of shape (...) for "none"; with
     return_z_loss / return_accuracy, a tuple (loss[, z_loss term][, accuracy]).
     """
-    if (weight is None and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0
-            and softcap is None and not return_z_loss and not return_accuracy):
-        impl = _fast_path(logits, labels, reduction, backend)
-        if impl is not None:
+    if (type(logits) is _ndarray and type(labels) is _ndarray and weight is None
+            and softcap is None and not return_z_loss and not return_accuracy
+            and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0):
+        scalar = _FAST_SCALARS.get(cast(np.ndarray, logits).dtype)
+        code = _FAST_REDUCTIONS.get(reduction)
+        core = _fast_core(logits, labels, backend) if scalar and code else None
+        if core is not None:
             try:
-                return _fast_loss(logits, impl.plain_forward(logits, labels, reduction))
+                return _fast_loss(scalar, core.plain_cross_entropy(_FORWARD, logits, labels, code,
+                                                                   1.0, None))
             except (ValueError, TypeError):
                 pass  # the full path below raises with the argument's name
     problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
@@ -145,19 +149,27 @@ def cross_entropy_with_grad(logits: ArrayLike, labels: ArrayLike, *,
     """(loss, grad[, z_loss term][, accuracy]) in one fused pass: grad = d(loss * grad_output) /
     d logits, in the logits' dtype and shape. out= writes grad into that array; inplace=True
     writes it over logits."""
-    if (weight is None and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0
+    if (type(logits) is _ndarray and type(labels) is _ndarray and weight is None
             and softcap is None and not inplace and not return_z_loss and not return_accuracy
+            and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0
             and type(grad_output) in (float, int)):
-        impl = _fast_path(logits, labels, reduction, backend)
-        x = cast(np.ndarray, logits)  # (an ndarray when impl is not None)
-        if impl is not None and (out is None or (
-                type(out) is np.ndarray and out.dtype == x.dtype and out.flags.writeable)):
-            grad = np.empty(x.shape, x.dtype) if out is None else out
-            try:
-                loss = impl.plain_fused(logits, labels, reduction, grad_output, grad)
-                return _fast_loss(logits, loss), grad
-            except (ValueError, TypeError):
-                pass  # the full path below raises with the argument's name
+        x = cast(np.ndarray, logits)
+        scalar = _FAST_SCALARS.get(x.dtype)
+        code = _FAST_REDUCTIONS.get(reduction)
+        core = _fast_core(x, labels, backend) if scalar and code else None
+        if core is not None:
+            if out is None:
+                grad = np.empty(x.shape, x.dtype)
+            elif type(out) is _ndarray and out.dtype == x.dtype and out.flags.writeable:
+                grad = out
+            else:
+                grad = None  # the full path checks and explains
+            if grad is not None:
+                try:
+                    loss = core.plain_cross_entropy(_FUSED, x, labels, code, grad_output, grad)
+                    return _fast_loss(scalar, loss), grad
+                except (ValueError, TypeError):
+                    pass  # the full path below raises with the argument's name
     problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
                            z_loss, softcap)
     _check_accuracy_request(problem, return_accuracy)

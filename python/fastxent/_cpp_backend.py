@@ -9,6 +9,7 @@ from ._checks import Problem, is_half
 from ._checks import lse_dtype as _lse_dtype
 
 name = "cpp"
+core = _core  # (the small-call fast path in _api calls it directly)
 _REDUCTION = {"none": 0, "mean": 1, "sum": 2}
 _FORWARD, _FUSED, _BACKWARD = 0, 1, 2
 # cpp/problem.h's DType. 16-bit arrays reach _core as uint16 views with their code: NumPy has
@@ -92,18 +93,6 @@ def fused(problem: Problem, grad_scalar, grad_rows, grad_out, want_accuracy=Fals
     loss = _call(problem, _FUSED, grad_scalar, grad_rows, lse, row_loss, grad_out, row_z, correct)
     loss = row_loss if row_loss is not None else loss
     return loss, _z_term(problem, row_z), _accuracy(problem, correct)
-
-
-def plain_forward(logits, labels, reduction):
-    """The fast path (see _api._fast_path): plain options, float32/float64 rows."""
-    return _core.cross_entropy(_FORWARD, logits, labels, None, -100, 0.0, _REDUCTION[reduction],
-                               1.0, None, None, None, None, _INFER, None, 0.0, 0.0, None, None)
-
-
-def plain_fused(logits, labels, reduction, grad_output, grad):
-    return _core.cross_entropy(_FUSED, logits, labels, None, -100, 0.0, _REDUCTION[reduction],
-                               float(grad_output), None, None, None, grad, _INFER, None, 0.0, 0.0,
-                               None, None)
 
 
 def backward(problem: Problem, lse, grad_scalar, grad_rows, grad_out):
