@@ -54,16 +54,21 @@ def pytest_terminal_summary(terminalreporter, config):
     prints nothing if that is not available."""
     session = getattr(config, "_benchmarksession", None)
     benches = getattr(session, "benchmarks", None) or []
-    groups = {}
+    groups, linear = {}, {}
     for b in benches:
         try:
             median = b.stats.median
         except AttributeError:
             continue
+        if "linear" in b.extra_info:  # test_bench_linear.py: its own table below
+            linear.setdefault(b.group, []).append((b.extra_info, median))
+            continue
         groups.setdefault(b.group, []).append((b.name, median, b.extra_info.get("bytes")))
+    tr = terminalreporter
+    if linear:
+        _linear_summary(tr, linear)
     if not groups:
         return
-    tr = terminalreporter
     tr.write_sep("-", "fastxent: GB/s and time / memory copy of the same logits (median)")
     for name in sorted(groups, key=_group_key):
         rows = sorted(groups[name], key=lambda r: r[1])
@@ -83,3 +88,30 @@ def _group_key(name):
     except ValueError:
         return (name or "", 0, 0)
     return (kind, c, n)
+
+
+def _linear_summary(tr, groups):
+    """Per shape of test_bench_linear.py: each method's median time, its ratio to the median of
+    the three matmuls on the same BLAS (NumPy's for the NumPy path, PyTorch's for the rest), the
+    median of its per-round ratios to a floor run just before each round and that floor's
+    median time (paired shapes only), its ratios to the two PyTorch baselines, and its peak
+    extra memory."""
+    tr.write_sep("-", "fastxent linear cross-entropy: medians, ratios to the same-BLAS floor "
+                      "and to PyTorch (same run)")
+    for name in sorted(groups, key=lambda g: [int(x) for x in g.split()[-1].split("x")]):
+        rows = {info["linear"]: (info, median) for info, median in groups[name]}
+        med = {label: m for label, (_, m) in rows.items()}
+        tr.write_line(name)
+        tr.write_line(f"  {'method':<26} {'median':>9} {'/ floor':>8} {'paired':>7} "
+                      f"{'(floor)':>9} {'/ F.lce':>8} {'/ unfused':>9} {'peak MiB':>9}")
+        for label, (info, median) in sorted(rows.items(), key=lambda r: r[1][1]):
+            floor = "matmuls numpy" if label in ("fastxent", "matmuls numpy") else "matmuls torch"
+            cells = []
+            for other in (floor, "F.linear_cross_entropy", "matmul + F.cross_entropy"):
+                cells.append(f"{median / med[other]:.3f}" if other in med else "-")
+            paired = info.get("paired_ratio_median")
+            paired = f"{paired:.3f}" if paired is not None else "-"
+            pfloor = info.get("paired_floor_median_s")
+            pfloor = fb.fmt_time(pfloor) if pfloor is not None else "-"
+            tr.write_line(f"  {label:<26} {fb.fmt_time(median):>9} {cells[0]:>8} {paired:>7} "
+                          f"{pfloor:>9} {cells[1]:>8} {cells[2]:>9} {info['peak_extra_mib']:>9.0f}")

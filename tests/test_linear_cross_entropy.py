@@ -157,6 +157,50 @@ def test_empty_rows(rng):
     assert loss == 0 and dh.shape == (0, H) and not dw.any()
 
 
+def test_aligned_empty():
+    for shape, dtype in (((3, 5), np.float32), (7, np.float64), ((0, 4), np.float32)):
+        a = _linear.aligned_empty(shape, dtype)
+        assert a.shape == (shape if isinstance(shape, tuple) else (shape,)) and a.dtype == dtype
+        assert a.flags.c_contiguous and a.flags.writeable
+        assert a.size == 0 or a.ctypes.data % 64 == 0
+    assert not _linear.aligned_zeros((4, 3), np.float64).any()
+
+
+@pytest.mark.parametrize("matmul", ["numpy", "torch"])
+def test_gradients_are_64_byte_aligned(rng, matmul):
+    # MKL (PyTorch's BLAS) and OpenBLAS run slower on NumPy's default 16-byte-offset arrays.
+    if matmul == "torch":
+        pytest.importorskip("torch")
+    hidden, weight, bias, labels, opts, _ = _case(rng, {})
+    loss, dh, dw, db = _linear.run(hidden, weight, labels, bias, 8, dict(opts), matmul=matmul)
+    for g in (dh, dw, db):
+        assert g.ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("layout", ["strided", "transposed", "float16", "float64"])
+def test_hidden_copied_chunk_by_chunk(rng, layout):
+    # Hidden that is not C-contiguous float32 goes through one reused (chunk, H) scratch.
+    hidden, weight, bias, labels, opts, _ = _case(rng, {})
+    if layout == "strided":
+        wide = np.zeros((N, 2 * H), np.float32)
+        wide[:, ::2] = hidden
+        h = wide[:, ::2]
+    elif layout == "transposed":
+        h = np.asfortranarray(hidden)
+    elif layout == "float16":
+        hidden = hidden.astype(np.float16)
+        h = hidden
+    else:
+        h = hidden.astype(np.float64)  # with float32 weight: computed in float64, no copy
+    assert h.flags.c_contiguous == (layout in ("float16", "float64"))
+    got = fastxent.linear_cross_entropy_with_grad(h, weight, labels, bias=bias, chunk_size=6)
+    want = _unfused(np.asarray(hidden, np.float32), weight, bias, labels, opts, 1.0)
+    tol = dict(rtol=2e-3, atol=1e-4) if layout == "float16" else _tol(np.float32)
+    for g, ref in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g, np.float64), ref, **tol)
+    assert got[1].dtype == h.dtype and got[1].shape == h.shape
+
+
 def test_auto_chunk_budget():
     assert _linear.chunk_rows("auto", 10**6, 128256) * 128256 * 4 <= _linear.AUTO_CHUNK_BYTES
     assert _linear.chunk_rows("auto", 3, 128256) == 3

@@ -31,12 +31,47 @@ AUTO_CHUNK_BYTES = 256 * 2**20
 # of this many rows of the vocabulary at a time.
 _ACCUMULATE_ROWS = 4096
 
+# Every array this module allocates starts on a 64-byte boundary. NumPy's large arrays start 16
+# bytes into a page (after malloc's header), and MKL's GEMMs (PyTorch's BLAS) run 20-30% slower
+# on such operands than on 64-byte aligned ones (2048 x 1024 x 32000 products, interleaved runs).
+_ALIGN = 64
+
 # Options this module runs itself (the rest go to the CE call on each chunk as they are).
 _MANAGED = ("reduction", "grad_output")
 _REFUSED = {
     "out": "the gradients are returned as new arrays",
     "inplace": "the chunk's logits are always overwritten in place (they are internal)",
 }
+
+
+def aligned_empty(shape, dtype, align=_ALIGN):
+    """np.empty(shape, dtype) whose data starts on an `align`-byte boundary (a view into a
+    slightly larger uint8 buffer)."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes == 0:
+        return np.empty(shape, dtype)  # nothing to align (and empty slices keep no offset)
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_zeros(shape, dtype, align=_ALIGN):
+    a = aligned_empty(shape, dtype, align)
+    a.fill(0)
+    return a
+
+
+def as_compute(a, dtype, out=None):
+    """a as a C-contiguous array of dtype: a itself when it already is one, else a copy into
+    `out` (when given, of the right shape) or into a new aligned array."""
+    if a.dtype == dtype and a.flags.c_contiguous:
+        return a
+    if out is None:
+        out = aligned_empty(a.shape, dtype)
+    out[...] = a
+    return out
 
 
 class NumpyGemm:
@@ -59,7 +94,7 @@ class NumpyGemm:
             return
         rows = min(_ACCUMULATE_ROWS, acc.shape[0])
         if self._scratch is None or self._scratch.shape != (rows, acc.shape[1]):
-            self._scratch = np.empty((rows, acc.shape[1]), acc.dtype)
+            self._scratch = aligned_empty((rows, acc.shape[1]), acc.dtype)
         for start in range(0, acc.shape[0], rows):
             stop = min(start + rows, acc.shape[0])
             part = self._scratch[: stop - start]
@@ -135,7 +170,7 @@ class _Inputs:
         self.dtype = np.dtype(np.float64 if wide else np.float32)
         self.hidden = h.reshape(-1, h.shape[-1])  # converted chunk by chunk, not here
         # One copy of weight when it is not already in the compute dtype (e.g. bfloat16).
-        self.weight = np.ascontiguousarray(w, dtype=self.dtype)
+        self.weight = as_compute(w, self.dtype)
         self.classes = w.shape[0]
         self.bias = None
         self.bias_dtype = None
@@ -144,7 +179,7 @@ class _Inputs:
             if b.shape != (self.classes,):
                 raise ValueError(f"bias must have shape ({self.classes},), got {b.shape}")
             self.bias_dtype = b.dtype
-            self.bias = np.ascontiguousarray(b, dtype=self.dtype)
+            self.bias = as_compute(b, self.dtype)
         y = as_array(labels, "labels")
         self.soft = y.dtype.kind == "f" or is_half(y.dtype)
         want = self.lead + ((self.classes,) if self.soft else ())
@@ -228,8 +263,13 @@ def _finish_loss(inputs, parts, total, denom):
         return inputs.hidden_dtype.type(total)
 
 
-def _chunk_hidden(inputs, start, stop):
-    return np.ascontiguousarray(inputs.hidden[start:stop], dtype=inputs.dtype)
+def _chunk_hidden(inputs, start, stop, scratch):
+    """Rows [start, stop) of hidden in the compute dtype: a view when hidden already is one,
+    else converted into `scratch` (chunk x H, reused by every chunk)."""
+    h = inputs.hidden[start:stop]
+    if h.dtype == inputs.dtype and h.flags.c_contiguous:
+        return h
+    return as_compute(h, inputs.dtype, scratch[: stop - start])
 
 
 def _logits_block(inputs, gemm, h, buffer):
@@ -264,18 +304,25 @@ def run(hidden, weight, labels, bias, chunk_size, options, *, grads=True, need_h
     need_hidden, need_weight = grads and need_hidden, grads and need_weight
     need_bias = grads and need_bias and inputs.bias is not None
 
-    buffer = np.empty((chunk, v), inputs.dtype)
-    d_hidden = np.empty((n, h_dim), inputs.hidden_dtype) if need_hidden else None
-    d_weight = np.zeros((v, h_dim), inputs.dtype) if need_weight else None
-    d_bias = np.zeros(v, inputs.dtype) if need_bias else None
+    buffer = aligned_empty((chunk, v), inputs.dtype)
+    d_hidden = aligned_empty((n, h_dim), inputs.hidden_dtype) if need_hidden else None
+    # The first chunk's product overwrites d_weight; it only needs zeros when there is none.
+    d_weight = None
+    if need_weight:
+        d_weight = (aligned_empty if n else aligned_zeros)((v, h_dim), inputs.dtype)
+    d_bias = aligned_zeros(v, inputs.dtype) if need_bias else None
     dh_scratch = None
     if need_hidden and inputs.hidden_dtype != inputs.dtype:
-        dh_scratch = np.empty((chunk, h_dim), inputs.dtype)
+        dh_scratch = aligned_empty((chunk, h_dim), inputs.dtype)
+
+    h_scratch = None
+    if inputs.hidden.dtype != inputs.dtype or not inputs.hidden.flags.c_contiguous:
+        h_scratch = aligned_empty((chunk, h_dim), inputs.dtype)
 
     parts, total = [], 0.0
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        h = _chunk_hidden(inputs, start, stop)
+        h = _chunk_hidden(inputs, start, stop, h_scratch)
         block = _logits_block(inputs, gemm, h, buffer)
         reduction, scale = _chunk_grad_output(inputs, grad_output, denom, start, stop)
         y = inputs.labels[start:stop]
