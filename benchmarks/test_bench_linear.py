@@ -8,16 +8,16 @@ One benchmark group per shape, all doing forward + backward of a mean cross-entr
     Function (PyTorch's BLAS);
   - torch.nn.functional.linear_cross_entropy and matmul + F.cross_entropy (PyTorch eager).
 Each records in extra_info the peak extra resident memory of a call (RSS sampled every 2 ms
-by a thread, minus the RSS before the call) and checks its answer (the loss against the other
+by a thread, minus the RSS before the call; on an untimed call of its own, except at the big
+shape) and checks its answer (the loss against the other
 methods'; the floors, a few entries of their products against float64).
 
 Shapes:
   - 1024 x 256 x 8192 (N x H x V): quick, a few ms per call;
   - 4096 x 512 x 32768: the measurement. The GEMMs dominate (the CE kernel is ~2% of a call),
     "auto" makes two chunks of 2048 rows, and a call takes ~2.5 s on two cores: 5 timed rounds
-    each (3 for the two PyTorch baselines, which are slower and are only compared against), no
-    warm-up (the small shape runs first and warms up the threads and BLAS); the shape adds
-    about two minutes to a run. fastxent's two methods have their rounds paired: before
+    each (3 for the two PyTorch baselines, which are slower and are only compared against)
+    after the memory-sampling call; the shape adds about two minutes to a run. fastxent's two methods have their rounds paired: before
     each timed round the same-BLAS floor runs (off the clock) and its time is kept, so
     extra_info also holds the median of the per-round ratios method / floor, which machine
     load drifting between benchmarks cannot skew. The summary at the end of the run prints
@@ -157,52 +157,55 @@ def inputs(request, torch_mod):
 
 
 def _bench(benchmark, inputs, label, fn, floor_blas=None, before=None, baseline=False):
-    """Time fn; each call also samples its peak extra memory (the largest goes to extra_info).
-    The big shape gets one timed call (minutes each), the paired one 5 (3 for the PyTorch
-    baselines, `baseline`), the small one 5 after a warm-up round. On the
-    paired shape, floor_blas names the floor that runs before each timed round (off the clock);
-    extra_info gets the median of the per-round ratios. before(): run ahead of each call, off
-    the clock and before the memory baseline (to drop the previous call's gradients)."""
+    """Time fn. Its peak extra memory is sampled on one untimed call first (which is also the
+    warm-up): the sampling thread wakes every 2 ms and, on two cores, delays the BLAS threads'
+    barriers, so no timed call runs beside it, and neither does any floor. The big shape (minutes
+    per call) gets one call, timed and sampled both. The paired shape gets 5 timed rounds (3 for
+    the PyTorch baselines, `baseline`), the small one 5. On the paired shape, floor_blas names
+    the floor that runs before each timed round (off the clock); extra_info gets the median of
+    the per-round ratios. before(): run ahead of each call, off the clock and before the memory
+    baseline (to drop the previous call's gradients)."""
     benchmark.group = inputs.name
     peaks, results, times = [], [], []
 
-    def measured():
+    def sampled():
         if before is not None:
             before()
-        t0 = time.perf_counter()
+        fastxent.release_linear_buffer()  # its peak counts the chunk buffer, kept or not
         result, extra = peak_extra_bytes(fn)
-        times.append(time.perf_counter() - t0)
         peaks.append(extra)
         results[:] = [result]
 
-    if inputs.big:
-        rounds, warmup = 1, 0
-    elif inputs.paired:
-        rounds, warmup = (3 if baseline else 5), 0
-    else:
-        rounds, warmup = 5, 1
-    setup, floor_times = None, []
-    if floor_blas is not None and inputs.paired:
-        three, _ = floor(inputs, floor_blas)
-        calls = [0]
+    def timed():
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        results[:] = [fn()]
+        times.append(time.perf_counter() - t0)
 
-        def setup():
-            calls[0] += 1
-            if calls[0] > warmup:  # the warm-up round needs no floor
+    if inputs.big:
+        benchmark.pedantic(sampled, rounds=1, iterations=1)
+    else:
+        sampled()
+        setup, floor_times = None, []
+        if floor_blas is not None and inputs.paired:
+            three, _ = floor(inputs, floor_blas)
+
+            def setup():
                 t0 = time.perf_counter()
                 three()
                 floor_times.append(time.perf_counter() - t0)
 
-    benchmark.pedantic(measured, setup=setup, rounds=rounds, iterations=1, warmup_rounds=warmup)
+        rounds = (3 if baseline else 5) if inputs.paired else 5
+        benchmark.pedantic(timed, setup=setup, rounds=rounds, iterations=1)
+        if floor_times:
+            benchmark.extra_info.update(
+                floor=f"matmuls {floor_blas}",
+                paired_floor_median_s=float(np.median(floor_times)),
+                paired_ratio_median=float(np.median(np.array(times) / np.array(floor_times))),
+            )
     benchmark.extra_info.update(peak_extra_mib=max(peaks) / 2**20, shape=list(inputs.shape),
                                 linear=label)
-    if floor_times:
-        timed = times[warmup:]
-        benchmark.extra_info.update(
-            floor=f"matmuls {floor_blas}",
-            paired_floor_median_s=float(np.median(floor_times)),
-            paired_ratio_median=float(np.median(np.array(timed) / np.array(floor_times))),
-        )
     return results[0]
 
 

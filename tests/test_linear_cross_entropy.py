@@ -157,6 +157,37 @@ def test_empty_rows(rng):
     assert loss == 0 and dh.shape == (0, H) and not dw.any()
 
 
+def test_chunk_buffer_is_kept_per_thread(rng, monkeypatch):
+    # The chunk's logits buffer is reused by the next call on the same thread (no fresh pages),
+    # and the answers do not depend on what a previous call left in it.
+    import threading
+
+    fastxent.release_linear_buffer()
+    hidden, weight, bias, labels, opts, g = _case(rng, {})
+    want = _unfused(hidden, weight, bias, labels, opts, g)
+    first = _linear.chunk_buffer((8, V), np.float32)
+    for chunk in (8, 5, 8):  # (none needs more than the first buffer)
+        got = fastxent.linear_cross_entropy_with_grad(hidden, weight, labels, bias=bias,
+                                                      chunk_size=chunk, grad_output=g)
+        for a, ref in zip(got, want):
+            np.testing.assert_allclose(np.asarray(a, np.float64), ref, **_tol(np.float32))
+        assert not any(np.shares_memory(a, first) for a in got[1:])  # results are new arrays
+    again = _linear.chunk_buffer((4, V), np.float64)
+    assert np.shares_memory(again, first) and again.ctypes.data % 64 == 0
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_linear.chunk_buffer((8, V), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(seen[0], first)  # each thread has its own
+    fastxent.release_linear_buffer()
+    assert not np.shares_memory(_linear.chunk_buffer((8, V), np.float32), first)
+    # Larger than KEEP_BUFFER_BYTES: a new array each time, nothing kept.
+    monkeypatch.setattr(_linear, "KEEP_BUFFER_BYTES", 64)
+    big = _linear.chunk_buffer((8, V), np.float32)
+    assert not np.shares_memory(big, _linear.chunk_buffer((8, V), np.float32))
+    fastxent.release_linear_buffer()
+
+
 def test_aligned_empty():
     for shape, dtype in (((3, 5), np.float32), (7, np.float64), ((0, 4), np.float32)):
         a = _linear.aligned_empty(shape, dtype)

@@ -16,7 +16,7 @@ from ._bce import (
     binary_cross_entropy_with_logits_backward,
     binary_cross_entropy_with_logits_with_grad,
 )
-from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad, release_linear_buffer
 from ._rowops import log_softmax, logsumexp, softmax
 from ._runtime import __version__, get_num_threads, info, set_num_threads
 
@@ -35,6 +35,7 @@ __all__ = [
     "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
+    "release_linear_buffer",
     "set_num_threads",
     "softmax",
 ]
