@@ -202,7 +202,7 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
       }
       const double label_weight = (1.0 - a.smoothing) * wy;  // 0 adds 0, even at nll = inf
       double loss = label_weight != 0.0 ? label_weight * nll : 0.0;
-      if (smoothing) loss += a.smoothing / double(C) * (a.weight_total * log_s - t);
+      if (smoothing) loss += smoothing_loss(a, m, log_s, t);
       a.row_loss[i] = loss;
       if (lse_f64) static_cast<double*>(a.lse)[i] = lse; else static_cast<float*>(a.lse)[i] = float(lse);
       if (a.row_z) a.row_z[i] = a.z_loss * lse * lse;

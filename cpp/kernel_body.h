@@ -599,7 +599,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       const double label_weight = (1.0 - a.smoothing) * wy;
       double loss = label_weight != 0.0 ? label_weight * nll : 0.0;
       if constexpr (kSmooth) {
-        loss += a.smoothing / double(C) * (a.weight_total * log_s - st.t);
+        loss += smoothing_loss(a, st.m, log_s, st.t);
       }
       a.row_loss[i] = loss;
       store_row_outputs<S>(a, i, lse, want_probe && label_is_argmax(probe, st, zy));

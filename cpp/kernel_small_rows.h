@@ -326,8 +326,8 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         double loss = double(loss_b[k]);
         if constexpr (kSmooth) {
           if (yf_b[k] >= 0) {
-            loss += smoothing / double(C) *
-                    (weight_total_d * double(log_s_b[k]) - double(t_b[k]) / kSmoothSumScale);
+            loss += smoothing_loss(a, double(shift_b[k]), double(log_s_b[k]),
+                                   double(t_b[k]) / kSmoothSumScale);
           }
         }
         row_loss[i0 + k] = loss;

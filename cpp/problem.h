@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "portable.h"
+
 namespace fastxent {
 
 enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
@@ -50,6 +52,16 @@ struct CeArgs {
   uint8_t* correct = nullptr;  // out (forward), per row: 1 when the first argmax is the label
   double softcap = 0;          // 0 = off
 };
+
+// The label-smoothing part of a row's loss, eps/C (W log s - t), t = sum_j w_j (z_j - m). An all
+// -inf row (m = -inf) has no probabilities: the part is NaN when some class has weight and 0 when
+// none has (a class of weight 0 adds 0, as in the reference), not the -inf or NaN of the formula.
+// static: each file (every ISA's kernels, the driver) keeps its own copy, so the linker cannot
+// hand one compiled with AVX-512 flags to the others (see kernel_body.h).
+static inline double smoothing_loss(const CeArgs& a, double m, double log_s, double t) {
+  if (m == -FX_INF) return a.weight_total != 0.0 ? FX_NAN : 0.0;
+  return a.smoothing / double(a.classes) * (a.weight_total * log_s - t);
+}
 
 // Partial statistics of a slice of one row, merged when a long row is split across threads.
 // t = sum_j w_j (z_j - m) over the slice (only with smoothing), wsum = sum_j w_j.

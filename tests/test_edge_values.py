@@ -194,6 +194,24 @@ def test_all_inf_row_is_nan(backend, threads, dtype, c, rng, torch_ce):
     assert_grad_close(grad, want_grad, dtype, gradient_scale(labels, c, reduction="sum"))
 
 
+@pytest.mark.parametrize("c", [1, 3, 12, 40, 5000])
+@pytest.mark.parametrize("smoothing", [0.5, 1.0])
+def test_all_inf_row_with_smoothing(backend, threads, smoothing, c, rng, torch_ce):
+    """With label smoothing an all -inf row's loss is still NaN (at smoothing = 1 too, where the
+    label term has weight 0: found by hypothesis, cpp and numba gave -inf), and 0 when no class
+    has weight (the reference's 0 * NaN counts 0; NaN there before)."""
+    logits = make_logits(rng, (9, c), np.float32)
+    logits[4] = -np.inf
+    labels = np.arange(9) % c
+    loss, _ = check_like_torch(logits, labels, backend, torch_ce, reduction="none",
+                               label_smoothing=smoothing)
+    assert np.isnan(loss[4]) and np.isfinite(np.delete(loss, 4)).all()
+    for fn in (fastxent.cross_entropy, lambda *a, **k: fastxent.cross_entropy_with_grad(*a, **k)[0]):
+        zero = fn(logits[4:5], labels[4:5], weight=np.zeros(c, np.float32), reduction="sum",
+                  label_smoothing=smoothing, backend=backend)
+        assert zero == 0
+
+
 @pytest.mark.parametrize("c", [1, 5, 50000])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_all_inf_row_lse(backend, threads, dtype, c, rng):

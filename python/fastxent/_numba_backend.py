@@ -468,7 +468,10 @@ def _rows(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gscale, gro
                 # (m - z_y) + log s rather than lse - z_y: exact when |m| dwarfs log s.
                 loss = label_factor * ((m - zy) + log_s)
             if smooth:
-                loss += smooth_factor * (swtotal * log_s - t)
+                if m == -np.inf:  # an all -inf row: NaN where some class has weight (as cpp)
+                    loss += np.nan if swtotal != 0.0 else 0.0
+                else:
+                    loss += smooth_factor * (swtotal * log_s - t)
             row_loss[i] = loss
             lse[i] = lse_i
             if want_z:
