@@ -210,6 +210,14 @@ def test_all_inf_row_with_smoothing(backend, threads, smoothing, c, rng, torch_c
         zero = fn(logits[4:5], labels[4:5], weight=np.zeros(c, np.float32), reduction="sum",
                   label_smoothing=smoothing, backend=backend)
         assert zero == 0
+    # Probability targets: the same rule, sum_j q_j (lse - z_j) with q_j = 0 counting 0.
+    targets = np.full((9, c), 1.0 / c, np.float32)
+    soft = fastxent.cross_entropy(logits, targets, reduction="none", label_smoothing=smoothing,
+                                  backend=backend)
+    assert np.isnan(soft[4]) and np.isfinite(np.delete(soft, 4)).all()
+    none = fastxent.cross_entropy(logits[4:5], np.zeros((1, c), np.float32), reduction="sum",
+                                  backend=backend)
+    assert none == 0
 
 
 @pytest.mark.parametrize("c", [1, 5, 50000])
