@@ -682,8 +682,7 @@ void ce_soft_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
       lse = st.m + log_s;
       shift = st.m;
       inv_s = 1.0 / st.s;
-      // sum_j q_j (lse - z_j); an all -inf row: NaN where some q_j is nonzero, else 0.
-      a.row_loss[i] = st.m == -kInf ? (st.wsum != 0.0 ? FX_NAN : 0.0) : st.wsum * log_s - st.t;
+      a.row_loss[i] = weighted_nll_sum(st.m, log_s, st.wsum, st.t);  // sum_j q_j (lse - z_j)
       store_row_outputs<S>(a, i, lse, false);
       if (mode == CeMode::forward) continue;
     }

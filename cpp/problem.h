@@ -53,14 +53,20 @@ struct CeArgs {
   double softcap = 0;          // 0 = off
 };
 
-// The label-smoothing part of a row's loss, eps/C (W log s - t), t = sum_j w_j (z_j - m). An all
-// -inf row (m = -inf) has no probabilities: the part is NaN when some class has weight and 0 when
-// none has (a class of weight 0 adds 0, as in the reference), not the -inf or NaN of the formula.
+// sum_j w_j (lse - z_j) = w_sum log s - t, t = sum_j w_j (z_j - m): the smoothing sum of a row
+// (w = class weights) and a probability-target row's loss (w = q). An all -inf row (m = -inf) has
+// no probabilities: NaN when some class has weight, 0 when none has (a class of weight 0 adds 0,
+// as in the reference), not the -inf or NaN of the formula.
 // static: each file (every ISA's kernels, the driver) keeps its own copy, so the linker cannot
 // hand one compiled with AVX-512 flags to the others (see kernel_body.h).
+static inline double weighted_nll_sum(double m, double log_s, double w_sum, double t) {
+  if (m == -FX_INF) return w_sum != 0.0 ? FX_NAN : 0.0;
+  return w_sum * log_s - t;
+}
+
+// The label-smoothing part of a row's loss, eps/C sum_j w_j (lse - z_j).
 static inline double smoothing_loss(const CeArgs& a, double m, double log_s, double t) {
-  if (m == -FX_INF) return a.weight_total != 0.0 ? FX_NAN : 0.0;
-  return a.smoothing / double(a.classes) * (a.weight_total * log_s - t);
+  return a.smoothing / double(a.classes) * weighted_nll_sum(m, log_s, a.weight_total, t);
 }
 
 // Partial statistics of a slice of one row, merged when a long row is split across threads.

@@ -295,10 +295,8 @@ def _finish_loss(inputs, parts, total, denom):
 def _chunk_hidden(inputs, start, stop, scratch):
     """Rows [start, stop) of hidden in the compute dtype: a view when hidden already is one,
     else converted into `scratch` (chunk x H, reused by every chunk)."""
-    h = inputs.hidden[start:stop]
-    if h.dtype == inputs.dtype and h.flags.c_contiguous:
-        return h
-    return as_compute(h, inputs.dtype, scratch[: stop - start])
+    out = None if scratch is None else scratch[: stop - start]
+    return as_compute(inputs.hidden[start:stop], inputs.dtype, out)
 
 
 def _logits_block(inputs, gemm, h, buffer):
