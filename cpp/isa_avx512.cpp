@@ -2,6 +2,7 @@
 // System headers first: the ISA headers below are included inside a namespace.
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <immintrin.h>
 
 #include "kernel_table.h"

@@ -20,10 +20,11 @@ from _helpers import (
 )
 from test_against_reference import check_all_modes
 
-# 1 and 2: degenerate; 3, 5, 7: under a vector (odd: contiguous rows move by blends and lane
-# permutes, not transposes); 8, 16: whole vectors of float32 lanes; 9, 15: a partial second
-# column block; 17: just past the small-row path.
-CLASSES = [1, 2, 3, 5, 7, 8, 9, 15, 16, 17]
+# Every count: float32 rows have one kernel instantiation per class count. 1 and 2: degenerate;
+# 3, 5, 7: under a vector (odd: contiguous rows move by blends and lane permutes, not
+# transposes); 8, 16: whole vectors of float32 lanes; 9-15: a partial second column block;
+# 17: just past the small-row path.
+CLASSES = list(range(1, 18))
 # Whole groups of 4 / 8 rows, ragged tails, and more than one batch of 256 rows.
 ROWS = [8, 29, 523]
 

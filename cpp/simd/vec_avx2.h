@@ -4,6 +4,29 @@
 
 #include "odd_columns.h"
 
+// vblendvps / vblendvpd as written. GCC rewrites the blendv intrinsics as "mask < 0 ? t : f",
+// and a compare mask used by two blends then gets re-made with an extra vpcmpgtd per use
+// (3% of the small-class kernel's instructions). Other compilers keep the intrinsic.
+#if defined(__GNUC__) && !defined(__clang__)
+FX_ALWAYS_INLINE __m256 blend_lanes(__m256 if_false, __m256 if_true, __m256 mask) {
+  __m256 r;
+  __asm__("vblendvps %3, %2, %1, %0" : "=x"(r) : "x"(if_false), "x"(if_true), "x"(mask));
+  return r;
+}
+FX_ALWAYS_INLINE __m256d blend_lanes(__m256d if_false, __m256d if_true, __m256d mask) {
+  __m256d r;
+  __asm__("vblendvpd %3, %2, %1, %0" : "=x"(r) : "x"(if_false), "x"(if_true), "x"(mask));
+  return r;
+}
+#else
+FX_ALWAYS_INLINE __m256 blend_lanes(__m256 if_false, __m256 if_true, __m256 mask) {
+  return _mm256_blendv_ps(if_false, if_true, mask);
+}
+FX_ALWAYS_INLINE __m256d blend_lanes(__m256d if_false, __m256d if_true, __m256d mask) {
+  return _mm256_blendv_pd(if_false, if_true, mask);
+}
+#endif
+
 struct VecF {
   using scalar = float;
   static constexpr int width = 8;
@@ -68,7 +91,7 @@ struct VecF {
   friend mask veq(VecF a, VecF b) { return _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ); }
   friend mask vlt(VecF a, VecF b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ); }
   friend VecF vselect(mask m, VecF if_true, VecF if_false) {
-    return {_mm256_blendv_ps(if_false.v, if_true.v, m)};
+    return {blend_lanes(if_false.v, if_true.v, m)};
   }
   // The first n lanes (0 < n <= 8) from / to memory; the others are 0 on load and untouched on
   // store, and their memory is never accessed (so a short last row cannot fault). The store is
@@ -119,6 +142,33 @@ struct VecF {
       for (int j = 1; j < C; ++j) out = _mm256_blendv_ps(out, moved[j], lanes(t.out_mask[v][j]));
       _mm256_storeu_ps(p + 8 * v, out);
     }
+  }
+  // Two classes of 8 rows (`stride` apart) to and from column order: cols[0] lane l is
+  // p[l * stride], cols[1] lane l is p[l * stride + 1]. 8 loads or stores of the pairs and 8
+  // or 4 shuffles, against two 8 x 8 transposes' 48 (a last column block of two classes, as
+  // at C = 10). Only the pairs are accessed.
+  static constexpr bool has_two_columns = true;
+  FX_ALWAYS_INLINE static void load_two_columns(const float* p, int64_t stride, VecF* cols) {
+    const auto pairs = [&](int l) {  // rows l and l + 1: a0 b0 a1 b1
+      return _mm_movelh_ps(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + l * stride))),
+                           _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + (l + 1) * stride))));
+    };
+    const __m256 rows0145 = _mm256_insertf128_ps(_mm256_castps128_ps256(pairs(0)), pairs(4), 1);
+    const __m256 rows2367 = _mm256_insertf128_ps(_mm256_castps128_ps256(pairs(2)), pairs(6), 1);
+    cols[0].v = _mm256_shuffle_ps(rows0145, rows2367, _MM_SHUFFLE(2, 0, 2, 0));
+    cols[1].v = _mm256_shuffle_ps(rows0145, rows2367, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+  FX_ALWAYS_INLINE static void store_two_columns(const VecF* cols, float* p, int64_t stride) {
+    const __m256 rows0145 = _mm256_unpacklo_ps(cols[0].v, cols[1].v);  // a0 b0 a1 b1 | a4 b4 a5 b5
+    const __m256 rows2367 = _mm256_unpackhi_ps(cols[0].v, cols[1].v);
+    const auto store_pairs = [&](int l, __m128 ab) {  // rows l and l + 1
+      _mm_storel_pi(reinterpret_cast<__m64*>(p + l * stride), ab);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(p + (l + 1) * stride), ab);
+    };
+    store_pairs(0, _mm256_castps256_ps128(rows0145));
+    store_pairs(2, _mm256_castps256_ps128(rows2367));
+    store_pairs(4, _mm256_extractf128_ps(rows0145, 1));
+    store_pairs(6, _mm256_extractf128_ps(rows2367, 1));
   }
   static __m256 lanes(const int32_t* table) { return _mm256_loadu_ps(reinterpret_cast<const float*>(table)); }
   // 8 x 8 transpose: r[i] lane j <-> r[j] lane i.
@@ -197,7 +247,7 @@ struct VecD {
   friend mask veq(VecD a, VecD b) { return _mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ); }
   friend mask vlt(VecD a, VecD b) { return _mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ); }
   friend VecD vselect(mask m, VecD if_true, VecD if_false) {
-    return {_mm256_blendv_pd(if_false.v, if_true.v, m)};
+    return {blend_lanes(if_false.v, if_true.v, m)};
   }
   static __m256i first_lanes(int n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));

@@ -298,7 +298,10 @@ int main() {
   std::printf("\n");
 
   const DType dtypes[] = {DType::f32, DType::f64, DType::f16, DType::bf16};
-  const int64_t class_counts[] = {1, 2, 3, 5, 8, 15, 16, 17, 31, 33, 64, 100, 257, 1000, 4099};
+  // Every class count of the rows-per-lane path (float rows have one instantiation each), then
+  // block boundaries and long rows.
+  const int64_t class_counts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+                                  31, 33, 64, 100, 257, 1000, 4099};
   Rng rng{12345};
   int cases = 0;
   for (DType d : dtypes) {
