@@ -701,7 +701,9 @@ template <class T, bool kSmooth, bool kWeighted>
 void ce_rows_any(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   // The rows-per-lane path has no z-loss or accuracy outputs.
   const bool plain = a.z_loss == 0.0 && a.correct == nullptr;
-  if constexpr (VecFor<compute_t<T>>::type::width > 1) {
+  // (Vectors of 2 lanes, NEON's doubles, would need 8 column blocks: those take the row path.)
+  constexpr int kWidth = VecFor<compute_t<T>>::type::width;
+  if constexpr (kWidth > 1 && kSmallClasses <= 4 * kWidth) {
     if (a.classes <= kSmallClasses && plain) return ce_small_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
   }
   ce_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);

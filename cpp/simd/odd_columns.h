@@ -18,6 +18,9 @@ struct OddColumns {
   // where row order keeps it; row-order vector v takes lane q from column out_class[v][q].
   int32_t scatter[C][W] = {};
   int32_t out_mask[C][C][W] = {};  // -1 where lane q of vector v is class j
+  // The same masks as lane bits (bit p set where the lane mask is -1), for immediate blends.
+  int in_bits[C][C] = {};
+  int out_bits[C][C] = {};
 
   constexpr OddColumns() {
     int inv = 1;  // C^-1 mod W
@@ -33,6 +36,12 @@ struct OddColumns {
     }
     for (int v = 0; v < C; ++v)
       for (int q = 0; q < W; ++q) out_mask[v][(v * W + q) % C][q] = -1;
+    for (int a = 0; a < C; ++a)
+      for (int b = 0; b < C; ++b)
+        for (int p = 0; p < W; ++p) {
+          if (in_mask[a][b][p]) in_bits[a][b] |= 1 << p;
+          if (out_mask[a][b][p]) out_bits[a][b] |= 1 << p;
+        }
   }
 };
 

@@ -123,25 +123,39 @@ struct VecF {
   static constexpr bool has_odd_columns = true;
   template <int C>
   FX_ALWAYS_INLINE static void load_columns(const float* p, VecF* cols) {
-    constexpr const OddColumns<C, 8>& t = kOddColumns<C, 8>;
     __m256 rows[C];
     for (int s = 0; s < C; ++s) rows[s] = _mm256_loadu_ps(p + 8 * s);
-    for (int j = 0; j < C; ++j) {
-      __m256 b = rows[0];
-      for (int s = 1; s < C; ++s) b = _mm256_blendv_ps(b, rows[s], lanes(t.in_mask[j][s]));
-      cols[j].v = _mm256_permutevar8x32_ps(b, _mm256_castps_si256(lanes(t.gather[j])));
-    }
+    columns_from_rows<C>(rows, cols, std::make_integer_sequence<int, C>{});
   }
   template <int C>
   FX_ALWAYS_INLINE static void store_columns(const VecF* cols, float* p) {
     constexpr const OddColumns<C, 8>& t = kOddColumns<C, 8>;
     __m256 moved[C];
     for (int j = 0; j < C; ++j) moved[j] = _mm256_permutevar8x32_ps(cols[j].v, _mm256_castps_si256(lanes(t.scatter[j])));
-    for (int v = 0; v < C; ++v) {
-      __m256 out = moved[0];
-      for (int j = 1; j < C; ++j) out = _mm256_blendv_ps(out, moved[j], lanes(t.out_mask[v][j]));
-      _mm256_storeu_ps(p + 8 * v, out);
-    }
+    rows_from_columns<C>(moved, p, std::make_integer_sequence<int, C>{});
+  }
+  // The blends take their lane masks as immediates (no mask register to load): the loops over
+  // columns and vectors are unrolled at compile time.
+  template <int C, int... J>
+  FX_ALWAYS_INLINE static void columns_from_rows(const __m256* rows, VecF* cols, std::integer_sequence<int, J...>) {
+    ((cols[J].v = _mm256_permutevar8x32_ps(blend_rows<C, J>(rows, std::make_integer_sequence<int, C - 1>{}),
+                                           _mm256_castps_si256(lanes(kOddColumns<C, 8>.gather[J])))), ...);
+  }
+  template <int C, int J, int... S>
+  FX_ALWAYS_INLINE static __m256 blend_rows(const __m256* rows, std::integer_sequence<int, S...>) {
+    __m256 b = rows[0];  // column J's lanes from row-order vector s, s = 1, ..., C - 1
+    ((b = _mm256_blend_ps(b, rows[S + 1], kOddColumns<C, 8>.in_bits[J][S + 1])), ...);
+    return b;
+  }
+  template <int C, int... V>
+  FX_ALWAYS_INLINE static void rows_from_columns(const __m256* moved, float* p, std::integer_sequence<int, V...>) {
+    (_mm256_storeu_ps(p + 8 * V, blend_columns<C, V>(moved, std::make_integer_sequence<int, C - 1>{})), ...);
+  }
+  template <int C, int V, int... J>
+  FX_ALWAYS_INLINE static __m256 blend_columns(const __m256* moved, std::integer_sequence<int, J...>) {
+    __m256 out = moved[0];  // row-order vector V's lanes from column j, j = 1, ..., C - 1
+    ((out = _mm256_blend_ps(out, moved[J + 1], kOddColumns<C, 8>.out_bits[V][J + 1])), ...);
+    return out;
   }
   // Two classes of 8 rows (`stride` apart) to and from column order: cols[0] lane l is
   // p[l * stride], cols[1] lane l is p[l * stride + 1]. 8 loads or stores of the pairs and 8
