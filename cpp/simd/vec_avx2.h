@@ -135,7 +135,13 @@ struct VecF {
     rows_from_columns<C>(moved, p, std::make_integer_sequence<int, C>{});
   }
   // The blends take their lane masks as immediates (no mask register to load): the loops over
-  // columns and vectors are unrolled at compile time.
+  // columns and vectors are unrolled at compile time. (The mask goes through a template
+  // parameter: clang's and unoptimised GCC's _mm256_blend_ps are macros, which would split at
+  // a template's comma, and need a plain constant.)
+  template <int kMask>
+  FX_ALWAYS_INLINE static __m256 blend_immediate(__m256 if_clear, __m256 if_set) {
+    return _mm256_blend_ps(if_clear, if_set, kMask);
+  }
   template <int C, int... J>
   FX_ALWAYS_INLINE static void columns_from_rows(const __m256* rows, VecF* cols, std::integer_sequence<int, J...>) {
     ((cols[J].v = _mm256_permutevar8x32_ps(blend_rows<C, J>(rows, std::make_integer_sequence<int, C - 1>{}),
@@ -144,7 +150,7 @@ struct VecF {
   template <int C, int J, int... S>
   FX_ALWAYS_INLINE static __m256 blend_rows(const __m256* rows, std::integer_sequence<int, S...>) {
     __m256 b = rows[0];  // column J's lanes from row-order vector s, s = 1, ..., C - 1
-    ((b = _mm256_blend_ps(b, rows[S + 1], kOddColumns<C, 8>.in_bits[J][S + 1])), ...);
+    ((b = blend_immediate<kOddColumns<C, 8>.in_bits[J][S + 1]>(b, rows[S + 1])), ...);
     return b;
   }
   template <int C, int... V>
@@ -154,7 +160,7 @@ struct VecF {
   template <int C, int V, int... J>
   FX_ALWAYS_INLINE static __m256 blend_columns(const __m256* moved, std::integer_sequence<int, J...>) {
     __m256 out = moved[0];  // row-order vector V's lanes from column j, j = 1, ..., C - 1
-    ((out = _mm256_blend_ps(out, moved[J + 1], kOddColumns<C, 8>.out_bits[V][J + 1])), ...);
+    ((out = blend_immediate<kOddColumns<C, 8>.out_bits[V][J + 1]>(out, moved[J + 1])), ...);
     return out;
   }
   // Two classes of 8 rows (`stride` apart) to and from column order: cols[0] lane l is
