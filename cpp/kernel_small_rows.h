@@ -130,7 +130,8 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   T* grad = static_cast<T*>(a.grad);
   S* lse_io = static_cast<S*>(a.lse);
   const S* w = weight_of<S>(a);
-  const S keep_label = S(1.0 - smoothing), eps_per_class = S(smoothing / double(C));
+  // 1 - eps; a literal 1 without smoothing, so that the products with it fold away.
+  const S keep_label = kSmooth ? S(1.0 - smoothing) : S(1), eps_per_class = S(smoothing / double(C));
   const S weight_total = S(weight_total_d);
   const V zero = V::set1(S(0)), one = V::set1(S(1));
   V wv[kMaxCols];
@@ -272,7 +273,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         const V lse = vselect(veq(shift, V::set1(S(-kInf))), shift, shift + log_s);
         vselect(keep, lse, zero).store(lse_io + i);
         // A label of target weight 0 adds 0, even at nll = inf.
-        const V label_weight = kSmooth ? V::set1(keep_label) * wy : wy;
+        const V label_weight = V::set1(keep_label) * wy;
         const V label_term = vselect(veq(label_weight, zero), zero, label_weight * nll);
         vselect(keep, label_term, zero).store(loss_b + k);
         if constexpr (kSmooth) log_s.store(log_s_b + k);
@@ -282,7 +283,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         // grad_j = p_j p_coef - smooth_coef w_j, and at the label
         // -label_coef rest / s + smooth_coef (W p_y - w_y); 0 in ignored rows (even NaN rows).
         const V g = grad_rows ? V::load(g_b + k) : V::set1(S(grad_scale));
-        const V label_coef = kSmooth ? g * V::set1(keep_label) * wy : g * wy;
+        const V label_coef = g * V::set1(keep_label) * wy;
         const V inv_s = one / s;
         V p_coef = label_coef, smooth_coef = zero, label = zero - label_coef * (rest * inv_s);
         if constexpr (kSmooth) {
