@@ -105,3 +105,127 @@ def test_what_the_fast_path_hands_to_core_comes_out_right(case, rng):
     if out is not None:
         assert grad is out
     assert fastxent.cross_entropy(x, y, reduction="sum") == want[0]
+
+
+def _full_path_forbidden(monkeypatch):
+    """Makes the full path fail, so that a call that passes went through the fast path."""
+    from fastxent import _api
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the call left the fast path")
+
+    monkeypatch.setattr(_api, "make_problem", refuse)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8, np.intp])
+def test_plain_calls_stay_on_the_fast_path(dtype, label_dtype, rng, monkeypatch):
+    x = make_logits(rng, (7, 10), dtype)
+    y = make_labels(rng, (7,), 10).astype(label_dtype)
+    want_loss, want_grad = fastxent.cross_entropy_with_grad(x, list(y))
+    _full_path_forbidden(monkeypatch)
+    loss, grad = fastxent.cross_entropy_with_grad(x, y)
+    assert type(loss) is dtype and loss == want_loss
+    assert grad.dtype == dtype and grad.shape == x.shape and grad.flags.c_contiguous
+    np.testing.assert_array_equal(grad, want_grad)
+    out = np.empty_like(x)
+    loss_out, grad_out = fastxent.cross_entropy_with_grad(x, y, out=out)
+    assert grad_out is out and loss_out == want_loss
+    assert fastxent.cross_entropy(x, y) == want_loss
+    assert type(fastxent.cross_entropy(x, y)) is dtype
+
+
+def test_a_float32_loss_past_its_range_is_inf_without_a_warning(monkeypatch):
+    import warnings
+
+    x = np.array([[3e38, -3e38]], np.float32)  # loss 6e38 in double, past float32's range
+    _full_path_forbidden(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grad = fastxent.cross_entropy_with_grad(x, np.array([1]), reduction="sum")
+        assert type(loss) is np.float32 and loss == np.inf
+        assert fastxent.cross_entropy(-x, np.array([0]), reduction="sum") == np.inf
+    np.testing.assert_array_equal(grad, [[1.0, -1.0]])
+
+
+def test_core_hands_back_what_it_cannot_read_as_it_is(rng):
+    """fast_cross_entropy answers None (the caller then takes the full path) for arrays the
+    kernels cannot read in place, and for options it does not take; it never writes then."""
+    from fastxent import _core
+
+    x = make_logits(rng, (4, 6), np.float32)
+    y = np.array([0, 5, 2, 1])
+
+    class Sub(np.ndarray):
+        pass
+
+    misaligned = np.zeros(4 * 6 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(4, 6)
+    assert not misaligned.flags.aligned
+    pairs = np.zeros((4, 6), [("a", np.float32), ("b", np.int8)])
+    refused = {
+        "subclass logits": (x.view(Sub), y, None),
+        "subclass labels": (x, y.view(Sub), None),
+        "float16 logits": (x.astype(np.float16), y, None),
+        "misaligned logits": (misaligned, y, None),
+        "byte-swapped logits": (x.astype(">f4"), y, None),
+        "odd byte strides": (pairs["a"], y, None),
+        "3-D logits": (x[None], y, None),
+        "2-D labels": (x, y[:, None], None),
+        "bool labels": (x, y.astype(bool), None),
+        "float labels": (x, y.astype(np.float32), None),
+        "float64 out for float32 logits": (x, y, np.zeros((4, 6), np.float64)),
+        "read-only out": (x, y, np.zeros((4, 6), np.float32)),
+        "out not an array": (x, y, [[0.0] * 6] * 4),
+    }
+    refused["read-only out"][2].flags.writeable = False
+    for case, (logits, labels, out) in refused.items():
+        before = None if not isinstance(out, np.ndarray) else out.copy()
+        assert _core.fast_cross_entropy(1, logits, labels, 1, 1.0, out) is None, case
+        if before is not None:
+            np.testing.assert_array_equal(out, before)
+    assert _core.fast_cross_entropy(2, x, y, 1, 1.0, np.empty_like(x)) is None  # backward
+    assert _core.fast_cross_entropy(0, x, y, 0, 1.0, None) is None  # reduction="none"
+    assert isinstance(_core.fast_cross_entropy(0, x, y, 2, 1.0, None), np.float32)
+
+
+def test_core_keeps_reference_counts(rng):
+    """No reference leaked or stolen: the out buffer, the logits, the dtype of the scalars."""
+    import sys
+
+    from fastxent import _core
+
+    x = make_logits(rng, (3, 5), np.float32)
+    y = np.array([0, 4, 2])
+    out = np.empty_like(x)
+    dtype = np.dtype(np.float32)
+    counts = [sys.getrefcount(v) for v in (x, y, out, dtype)]
+    for _ in range(1000):
+        _core.fast_cross_entropy(1, x, y, 1, 1.0, out)
+        _core.fast_cross_entropy(1, x, y, 1, 1.0, None)
+        _core.fast_cross_entropy(0, x, y, 1, 1.0, None)
+    assert [sys.getrefcount(v) for v in (x, y, out, dtype)] == counts
+    loss, grad = _core.fast_cross_entropy(1, x, y, 1, 1.0, None)
+    assert sys.getrefcount(grad) == 2  # this name and the call's argument: the array is ours
+
+
+def test_the_fast_path_follows_the_backend(rng, monkeypatch):
+    from fastxent import _backends
+
+    x = make_logits(rng, (3, 5), np.float64)
+    y = np.array([0, 4, 2])
+    assert _backends.fast_core("numpy") is None
+    assert _backends.fast_core("cpp") is not None
+    with pytest.raises(ValueError, match="backend must be"):
+        fastxent.cross_entropy_with_grad(x, y, backend="fortran")
+    monkeypatch.setenv("FASTXENT_BACKEND", "numpy")
+    _backends.reset()
+    try:
+        assert _backends.fast_core("auto") is None
+        reference = fastxent.cross_entropy_with_grad(x, y)
+    finally:
+        monkeypatch.delenv("FASTXENT_BACKEND")
+        _backends.reset()
+    assert _backends.fast_core("auto") is not None
+    fast = fastxent.cross_entropy_with_grad(x, y)
+    np.testing.assert_allclose(fast[0], reference[0], rtol=1e-12)
+    np.testing.assert_allclose(fast[1], reference[1], rtol=1e-12, atol=1e-17)

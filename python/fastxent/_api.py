@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -11,34 +11,28 @@ from ._types import ArrayLike, Backend, NDArray, Reduction, Results
 from ._checks import as_array, check_grad_output, gradient_buffer, lse_dtype, make_problem
 
 
-# The small-call fast path: a plain call (float32/float64 NumPy logits, NumPy integer labels,
-# no options but reduction and grad_output, backend cpp) goes straight to the kernels. _core
-# checks the rest itself before any write (2-D logits with a contiguous class axis, 1-D integer
-# labels of one per row and in range, grad's shape and overlap); on any error the call falls
-# back to the full path, whose message names the problem. This keeps a 1 x 10 call at a few
-# microseconds.
-_FAST_SCALARS = {np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
+# The small-call fast path: a plain call (NumPy logits and integer labels, no options but
+# reduction and a scalar grad_output, backend cpp) goes straight to _core.fast_cross_entropy,
+# which reads the arrays' fields itself and checks the rest before any write (float32/float64
+# rows with a contiguous class axis, one label per row and in range, grad's shape and overlap).
+# It returns None when the arrays do not qualify, and raises for bad values; either way the call
+# falls back to the full path, whose message names the problem. This keeps a 1 x 10 call near
+# two microseconds.
 _FAST_REDUCTIONS = {"mean": 1, "sum": 2}
-_F32_MAX = float(np.finfo(np.float32).max)
 _FORWARD, _FUSED = 0, 1
 _ndarray = np.ndarray
-_float32 = np.float32
 
 
-def _fast_core(logits, labels, backend):
-    """fastxent._core when the arrays and backend qualify for the fast path (the caller has
-    checked the types, the options and the reduction)."""
-    if logits.ndim != 2 or labels.ndim != 1:  # (N-D inputs: the full path, not an error)
-        return None
-    impl = _backends.loaded(backend)
-    return impl.core if impl.name == "cpp" else None
-
-
-def _fast_loss(scalar, loss):
-    if scalar is not _float32 or -_F32_MAX <= loss <= _F32_MAX:
-        return scalar(loss)
-    with np.errstate(over="ignore"):  # a float32 loss past its range is inf, as in PyTorch
-        return scalar(loss)
+def _fast_call(mode, logits, labels, reduction, grad_output, out, backend):
+    """The fast path's answer, or None for the full path (the caller has checked the options)."""
+    try:
+        core = _backends.fast_core(backend)
+        code = _FAST_REDUCTIONS.get(reduction)
+        if core is None or code is None:
+            return None
+        return core.fast_cross_entropy(mode, logits, labels, code, grad_output, out)
+    except (ValueError, TypeError):
+        return None  # the full path raises with the argument's name
 
 
 def _loss_result(problem, loss):
@@ -84,15 +78,9 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *, weight: ArrayLike | N
     if (type(logits) is _ndarray and type(labels) is _ndarray and weight is None
             and softcap is None and not return_z_loss and not return_accuracy
             and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0):
-        scalar = _FAST_SCALARS.get(cast(np.ndarray, logits).dtype)
-        code = _FAST_REDUCTIONS.get(reduction)
-        core = _fast_core(logits, labels, backend) if scalar and code else None
-        if core is not None:
-            try:
-                return _fast_loss(scalar, core.plain_cross_entropy(_FORWARD, logits, labels, code,
-                                                                   1.0, None))
-            except (ValueError, TypeError):
-                pass  # the full path below raises with the argument's name
+        fast = _fast_call(_FORWARD, logits, labels, reduction, 1.0, None, backend)
+        if fast is not None:
+            return fast
     problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
                            z_loss, softcap)
     _check_accuracy_request(problem, return_accuracy)
@@ -153,23 +141,9 @@ def cross_entropy_with_grad(logits: ArrayLike, labels: ArrayLike, *,
             and softcap is None and not inplace and not return_z_loss and not return_accuracy
             and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0
             and type(grad_output) in (float, int)):
-        x = cast(np.ndarray, logits)
-        scalar = _FAST_SCALARS.get(x.dtype)
-        code = _FAST_REDUCTIONS.get(reduction)
-        core = _fast_core(x, labels, backend) if scalar and code else None
-        if core is not None:
-            if out is None:
-                grad = np.empty(x.shape, x.dtype)
-            elif type(out) is _ndarray and out.dtype == x.dtype and out.flags.writeable:
-                grad = out
-            else:
-                grad = None  # the full path checks and explains
-            if grad is not None:
-                try:
-                    loss = core.plain_cross_entropy(_FUSED, x, labels, code, grad_output, grad)
-                    return _fast_loss(scalar, loss), grad
-                except (ValueError, TypeError):
-                    pass  # the full path below raises with the argument's name
+        fast = _fast_call(_FUSED, logits, labels, reduction, grad_output, out, backend)
+        if fast is not None:
+            return fast
     problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
                            z_loss, softcap)
     _check_accuracy_request(problem, return_accuracy)

@@ -12,6 +12,7 @@ import os
 NAMES = ("cpp", "numba", "numpy")
 _MODULES = {"cpp": "._cpp_backend", "numba": "._numba_backend", "numpy": "._reference"}
 _loaded: dict = {}
+_fast_cores: dict = {}  # name -> the compiled module when the name resolves to cpp, else None
 
 
 def _core_or_none():
@@ -65,12 +66,18 @@ def get(name: str):
     return module
 
 
-def loaded(name: str):
-    """get(name), with the already-resolved case first (the small-call fast path)."""
-    module = _loaded.get(name)
-    return module if module is not None else get(name)
+def fast_core(name: str):
+    """fastxent._core when `name` resolves to the cpp backend, else None (the small-call fast
+    path). Raises as get() does for a bad name."""
+    core = _fast_cores.get(name, _fast_cores)
+    if core is _fast_cores:  # not resolved yet
+        module = get(name)
+        core = module.core if module.name == "cpp" else None
+        _fast_cores[name] = core
+    return core
 
 
 def reset() -> None:
     """Forget resolved backends (after FASTXENT_BACKEND changes)."""
     _loaded.clear()
+    _fast_cores.clear()
