@@ -7,16 +7,19 @@
 template <class L>
 inline int64_t check_labels_into(const L* labels, int64_t n, int64_t classes, int64_t ignore_index,
                                  int64_t* out) {
-  uint64_t bad = 0;
-  int64_t kept = 0;
+  // All-ones / zero masks and a count of ignored labels: each step is one vector instruction
+  // (compare, or, and, add), where 0/1 flags cost two or three more per four labels.
+  uint64_t all_ok = ~uint64_t(0);
+  int64_t minus_ignored = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t v = labels[i];
-    const uint64_t not_ignored = v != ignore_index;
-    bad |= uint64_t(uint64_t(v) >= uint64_t(classes)) & not_ignored;  // (negatives wrap high)
-    kept += int64_t(not_ignored);
+    const uint64_t ignored = v == ignore_index ? ~uint64_t(0) : 0;
+    const uint64_t inside = uint64_t(v) < uint64_t(classes) ? ~uint64_t(0) : 0;  // (negatives wrap high)
+    all_ok &= inside | ignored;
+    minus_ignored += int64_t(ignored);  // -1 per ignored label
     if (out) out[i] = v;
   }
-  return bad ? -1 : kept;
+  return all_ok == ~uint64_t(0) ? n + minus_ignored : -1;
 }
 
 inline int64_t count_kept_labels(const int64_t* labels, int64_t n, int64_t classes, int64_t ignore_index) {
