@@ -263,9 +263,11 @@ class Timed:
         self.key, self.label, self.kind = key, label, kind
         self.fn, self.setup = fn, setup
         # Seconds to pause after each sample. Peers run their own thread pools (OpenMP, XLA's
-        # Eigen pool, Numba's), whose idle workers spin for a while after a call; without a pause
-        # they would steal the cores from whatever is timed next in the round.
-        self.settle = 0.05 if key in ("numba", "torch", "torch-compile", "jax") else 0.0
+        # Eigen pool, Numba's), whose idle workers stay busy for a while after a call; without a
+        # pause they steal the cores from whatever is timed next in the round. 0.3 s: after a
+        # 4096 x 32000 JAX call a fastxent call took 86 ms 50 ms later, and 60-64 ms (as without
+        # JAX) 0.3 s and 1 s later.
+        self.settle = 0.3 if key in ("numba", "torch", "torch-compile", "jax") else 0.0
         self.inner = 1
         self.samples = []
         self.spent = 0.0
