@@ -57,9 +57,10 @@ def test_kernels_refuse_a_partly_overlapping_gradient():
     assert big[4].tolist() == [0.0] * 5 and big[0, 0] != 0.0
 
 
-@pytest.mark.parametrize("case", ["strided classes", "strided rows", "out strided classes",
-                                  "out wrong shape", "one class", "labels too short",
-                                  "int8 labels", "big-endian", "empty"])
+@pytest.mark.parametrize("case", ["strided classes", "strided rows", "reversed rows",
+                                  "out strided classes", "out reversed rows", "out wrong shape",
+                                  "one class", "labels too short", "int8 labels", "big-endian",
+                                  "empty"])
 def test_what_the_fast_path_hands_to_core_comes_out_right(case, rng):
     """The fast path leaves these checks to _core; each case is answered exactly as the full path
     answers it (a NumPy scalar grad_output forces the full path), or refused with its message,
@@ -74,8 +75,12 @@ def test_what_the_fast_path_hands_to_core_comes_out_right(case, rng):
     elif case == "strided rows":
         x = x[::2, :8]
         y = y[:5]
+    elif case == "reversed rows":  # negative row strides, labels too
+        x, y = x[::-1], y[::-1]
     elif case == "out strided classes":
         make_out = lambda: np.full((9, 32), 7.0, np.float32)[:, ::2]  # noqa: E731
+    elif case == "out reversed rows":
+        make_out = lambda: np.full((18, 16), 7.0, np.float32)[::-2]  # noqa: E731
     elif case == "out wrong shape":
         make_out = lambda: np.full((9, 15), 7.0, np.float32)  # noqa: E731
     elif case == "one class":

@@ -3,7 +3,7 @@
     python tools/gen_stubs.py            # rewrite the committed stub
     python tools/gen_stubs.py --check    # exit 1 (and show a diff) if it is stale
 
-Run it after changing src/bindings.cpp and rebuilding (pip install -e . --no-build-isolation).
+Run it after changing the functions in src/ and rebuilding (pip install -e . --no-build-isolation).
 tests/test_stubs.py uses stub_text() to fail when the committed stub is stale.
 """
 
