@@ -17,7 +17,7 @@ struct ArrayView {
   int64_t extent[2] = {0, 0};
   int64_t step[2] = {0, 0};  // in elements
 
-  // The accessors of nanobind's ndarray, so that code reads either.
+  // Named as nanobind's ndarray accessors, which the call body was first written against.
   void* data() const { return ptr; }
   template <class T>
   T* data_as() const { return static_cast<T*>(ptr); }

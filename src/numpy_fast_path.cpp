@@ -108,13 +108,13 @@ nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle label
       grad = nb::steal(PyArray_SimpleNew(2, shape, type_num));
       if (!grad.is_valid()) throw nb::python_error();
     } else {
-      if (!PyArray_CheckExact(out.ptr())) return nb::none();
-      auto* out_arr = reinterpret_cast<PyArrayObject*>(out.ptr());
-      if (PyArray_TYPE(out_arr) != type_num || !PyArray_ISWRITEABLE(out_arr)) return nb::none();
       grad = nb::borrow(out);
     }
     ArrayView grad_view;
-    if (!view_numpy(grad.ptr(), 2, Elements::floats, grad_view)) return nb::none();
+    if (!view_numpy(grad.ptr(), 2, Elements::floats, grad_view) || grad_view.type != call.logits.type ||
+        !PyArray_ISWRITEABLE(reinterpret_cast<PyArrayObject*>(grad.ptr()))) {
+      return nb::none();
+    }
     call.grad = grad_view;
   }
   nb::object loss = loss_scalar(run_cross_entropy_call(call), type_num);
