@@ -235,7 +235,7 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
     if (!slice_rest.empty()) slice_rest[size_t(task)] = r;
   });
   if (narrow) {
-    // p_y - 1 = -rest / s in double (the kernels' label_grad_from_rest): in backward, rest is
+    // p_y - 1 = -rest / s in double (label_grad_from_rest): in backward, rest is
     // the other classes' exp(z - lse) summed by the slices, and s renormalises p.
     for (int64_t i = 0; i < N; ++i) {
       const int64_t y = a.labels[i];
@@ -245,9 +245,11 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
         rest[r] = 0;
         for (int64_t k = 0; k < slices; ++k) rest[r] += slice_rest[size_t(i * slices + k)];
       }
-      const double wy = w ? w[y] : 1.0, s = rest[r] + ey[r];
-      label_grad[r] = -label_coefs[r] * (rest[r] / s) + beta[r] * (a.weight_total * (ey[r] / s) - wy) +
-                      z_coefs[r] * (ey[r] / s);
+      const double wy = w ? w[y] : 1.0;
+      // (An lse that is not the forward's is used as given: sum_is_one.)
+      const bool renormalise = mode != CeMode::backward || sum_is_one(rest[r] + ey[r], shift[r], C, 0x1p-24);
+      label_grad[r] = label_grad_from_rest(rest[r], ey[r], label_coefs[r], beta[r], a.weight_total, wy,
+                                           z_coefs[r], renormalise);
     }
   }
   for (int64_t i = 0; i < N; ++i) {

@@ -484,16 +484,6 @@ inline double write_grad_sum(const T* x, T* out, int64_t n, compute_t<T> shift, 
   return total;
 }
 
-// The label's gradient of a 16-bit row from ey = exp(z_y - shift) and rest = the sum of the
-// other classes' exp(z_j - shift), in double: (1 - eps) w_y g (p_y - 1) with p_y - 1 = -rest / s
-// (no cancellation near p_y = 1), plus the smoothing term eps/C g (W p_y - w_y). Dividing by
-// s = rest + ey also renormalises p when shift is a float-rounded lse (backward).
-inline double label_grad_from_rest(double rest, double ey, double label_coef, double smooth_coef,
-                                   double weight_total, double wy, double z_coef) {
-  const double s = rest + ey;
-  return -label_coef * (rest / s) + smooth_coef * (weight_total * (ey / s) - wy) + z_coef * (ey / s);
-}
-
 // -log p_y = lse - z_y = log1p(rest / ey): exact for confident rows, where lse - z_y cancels.
 inline double nll_from_rest(double rest, double ey, double lse_minus_zy) {
   return ey > 0 ? FX_LOG1P(rest / ey) : lse_minus_zy;
@@ -626,9 +616,10 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     // Streamed stores are weakly ordered: the label's entry below must land after them.
     if (stream) VecFor<S>::type::store_fence();
     if constexpr (kNarrow<T>) {
+      const bool renormalise = mode != CeMode::backward || sum_is_one(st.rest + st.ey, lse, C, 0x1p-24);
       g[y] = narrow_from_double<T>(label_grad_from_rest(st.rest, st.ey, c.label_coef,
                                                         c.smooth_coef, a.weight_total, wy,
-                                                        c.z_coef));
+                                                        c.z_coef, renormalise));
     } else {
       g[y] = S(label_grad_of(zy, shift, log_s, c, wy));
     }

@@ -261,12 +261,15 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
       if constexpr (kLoss) {
         const V dy = V::load(dy_b + k), shift = V::load(shift_b + k);
         // -log p_y: (m - z_y) + log s, or where p_y > 1/2, log1p(u) with u = rest / ey, and
-        // then log s = (z_y - m) + log1p(u). log1p(u) = log(v) - ((v - 1) - u) / v with
-        // v = 1 + u rounded is exact to rounding. One log per lane: of v or of s.
-        const V u = rest / ey, vu = one + u;
-        const auto confident = vlt(u, one);
+        // then log s = (z_y - m) + log1p(u). p_y > 1/2 (rest < ey) only where the label is the
+        // row's strict max, so ey = exp(0) = 1 exactly there and u = rest, no division.
+        // log1p(u) = log(v) - ((v - 1) - u) / v with v = 1 + u rounded is exact to rounding;
+        // 1 / v is taken as 2 - v (error (v - 1)^2 / v on a correction below half an ulp of v:
+        // at most 0.35 ulp of the result), a second division saved.
+        const auto confident = vlt(rest, ey);
+        const V u = rest, vu = one + u;
         const V log_arg = vlog(vselect(confident, vu, s));
-        const V log1p_u = log_arg - ((vu - one) - u) / vu;
+        const V log1p_u = log_arg - ((vu - one) - u) * (V::set1(S(2)) - vu);
         const V nll = vselect(confident, log1p_u, log_arg - dy);
         const V log_s = vselect(confident, dy + log1p_u, log_arg);
         // An all -inf row: lse = -inf (its loss and gradient are NaN from -inf - -inf).
@@ -284,8 +287,17 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         // -label_coef rest / s + smooth_coef (W p_y - w_y); 0 in ignored rows (even NaN rows).
         const V g = grad_rows ? V::load(g_b + k) : V::set1(S(grad_scale));
         const V label_coef = g * V::set1(keep_label) * wy;
-        const V inv_s = one / s;
-        V p_coef = label_coef, smooth_coef = zero, label = zero - label_coef * (rest * inv_s);
+        V inv_s = one / s, one_minus_py = rest;  // times inv_s
+        if constexpr (kMode == CeMode::backward) {
+          // The label's p_y renormalised only where the lse is the forward's (sum_is_one).
+          const V lse = V::load(lse_io + i), deviation = s - one;
+          const V tolerance = (vmax(lse, zero - lse) + V::set1(S(C))) *
+                              V::set1(S(sizeof(S) == 4 ? 0x1p-22 : 0x1p-51));
+          const auto renormalise = vlt(vmax(deviation, zero - deviation), tolerance);
+          inv_s = vselect(renormalise, inv_s, one);
+          one_minus_py = vselect(renormalise, rest, one - ey);
+        }
+        V p_coef = label_coef, smooth_coef = zero, label = zero - label_coef * (one_minus_py * inv_s);
         if constexpr (kSmooth) {
           smooth_coef = g * V::set1(eps_per_class);
           p_coef = fmadd(smooth_coef, V::set1(weight_total), label_coef);
@@ -383,9 +395,11 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         if (yf_b[k] < 0) continue;
         const int64_t y = int64_t(yf_b[k]);
         const GradCoefs c = grad_coefs(a, i0 + k, double(wy_b[k]), 0.0);  // (no z-loss here)
+        const double rest = double(rest_b[k]), ey = double(ey_b[k]);
+        const bool renormalise = kMode != CeMode::backward ||
+                                 sum_is_one(rest + ey, double(lse_io[i0 + k]), C, 0x1p-24);
         grad[(i0 + k) * grad_stride + y] = narrow_from_double<T>(label_grad_from_rest(
-            double(rest_b[k]), double(ey_b[k]), c.label_coef, c.smooth_coef, weight_total_d,
-            double(wy_b[k]), 0.0));
+            rest, ey, c.label_coef, c.smooth_coef, weight_total_d, double(wy_b[k]), 0.0, renormalise));
       }
     }
     if (rows < kSmallBatch) {

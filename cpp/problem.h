@@ -83,6 +83,33 @@ struct RowStats {
 // What a cross-entropy call computes: loss only, loss and gradient, or gradient from saved lse.
 enum class CeMode : int { forward = 0, fused = 1, backward = 2 };
 
+// Backward's p = exp(z - lse) with the caller's lse. The forward's lse makes a row's p sum to
+// s = 1 up to the rounding of lse (2^-24 |lse| for a float lse) and of the sum (a few ulp per
+// class); within 4x that, the label's p_y is renormalised to ey / s, so that p_y - 1 = -rest / s
+// keeps its precision near p_y = 1. An lse off by more is not the forward's: it is used as given,
+// p_y = ey, as the reference does (and an overflowed exp stays inf, not inf / inf).
+// unit: 2^-24 for a float lse, 2^-53 for a double one.
+inline bool sum_is_one(double s, double lse, int64_t classes, double unit) {
+  const double deviation = s - 1.0, tolerance = 4.0 * unit * ((lse < 0 ? -lse : lse) + double(classes));
+  return (deviation < 0 ? -deviation : deviation) <= tolerance;  // false for NaN
+}
+
+// The label's gradient of a 16-bit row from ey = exp(z_y - shift) and rest = the sum of the
+// other classes' exp(z_j - shift), in double: (1 - eps) w_y g (p_y - 1) with p_y - 1 = -rest / s
+// (no cancellation near p_y = 1), plus the smoothing term eps/C g (W p_y - w_y). Dividing by
+// s = rest + ey also renormalises p when shift is a float-rounded lse (backward); renormalise
+// false (backward with an lse that is not the forward's, sum_is_one): p_y = ey as given.
+inline double label_grad_from_rest(double rest, double ey, double label_coef, double smooth_coef,
+                                   double weight_total, double wy, double z_coef, bool renormalise = true) {
+  const double s = rest + ey;
+  const double p_y = renormalise ? ey / s : ey, one_minus_p_y = renormalise ? rest / s : 1.0 - ey;
+  double grad = -label_coef * one_minus_p_y;
+  // A term whose coefficient is 0 adds 0, also where p_y is inf (an lse far below the row's).
+  if (smooth_coef != 0.0) grad += smooth_coef * (weight_total * p_y - wy);
+  if (z_coef != 0.0) grad += z_coef * p_y;
+  return grad;
+}
+
 enum class RowOp : int { logsumexp = 0, softmax = 1, log_softmax = 2 };
 
 // softmax / log_softmax (out has rows x classes) or logsumexp (out has rows values).

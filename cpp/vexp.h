@@ -1,5 +1,6 @@
-// Vectorised exp for softmax. Inputs are <= 0 in the kernels (logit minus row max). Results
-// below the smallest normal are 0 or tiny (so -inf gives 0); NaN gives NaN. Constants:
+// Vectorised exp for softmax. Inputs are <= 0 in the forward kernels (logit minus row max);
+// backward's z - lse takes the caller's lse, which may be too small, so large inputs give inf.
+// Results below the smallest normal are 0 or tiny (so -inf gives 0); NaN gives NaN. Constants:
 // tools/fit_exp_poly.py. Included inside an ISA namespace, after the vector types.
 //
 // The op count is what the kernels' speed rests on (one exp per logit), so:
@@ -9,9 +10,14 @@
 // - otherwise (NEON float, every double): exp(x) = 2^n * p(r), n = round(x/ln2), p of degree 6
 //   (float, Horner) or 12 (double, Estrin);
 // - the exponent bias is folded into the rounding constant, so 2^n is a bare shift;
-// - x is clamped where the biased exponent is 0, so that shift gives 0 without a compare and
-//   mask for underflow (and -inf becomes the finite clamp: no inf - inf inside);
-// - exp(r) = 1 + r q(r), scaled as s + (r s) q, which keeps s off the polynomial's chain.
+// - x is clamped below where the biased exponent is 0, so that shift gives 0 without a compare
+//   and mask for underflow (and -inf becomes the finite clamp: no inf - inf inside), and
+//   (without the table) above where it is all ones, so 2^n is inf there and never carries;
+// - without the table, exp(x) = 2^n (1 + r q(r)), the power last (exact: a power of two): an
+//   inf power times p(r) > 0 is inf, where 2^n + (r 2^n) q would be inf - inf for r < 0. Where
+//   the last step of 2^n overflows, a finite exp within a factor 1.4 of the largest float comes
+//   out inf (1.06 with the table, see there); only an lse below the row's max by ~88 (float)
+//   or ~709 (double) reaches there.
 #pragma once
 
 // Bits of 2^(j/8) in float, less the exponent bias: T[j] plus (e + 127) << 23 is 2^(e + j/8).
@@ -45,11 +51,17 @@ FX_ALWAYS_INLINE V vexp(V x) {
     r = fmadd(k, V::set1(-3.993272912339307e-06f), r);
     V q = fmadd(V::set1(0.1666608303785324f), r, V::set1(0.5000646114349365f));
     q = fmadd(q, r, V::set1(1.0f));
-    return fmadd(r * scale, q, scale);
+    // s + (r s) q, not s (1 + r q): s is a rounded table entry, and adding the small term to it
+    // keeps the result within 1.5 ulp (1.9 the other way). Above 88.67 (k = 1024 from 88.68,
+    // where s is inf, and above that the exponent carries) the answer is inf, chosen by a
+    // compare: exp(88.67) is a factor 1.06 below the largest float, so finite results that close
+    // to it come out inf.
+    return vselect(vlt(V::set1(88.67f), x), V::set1(S(FX_INF)), fmadd(r * scale, q, scale));
   } else {
     // round(lo / ln2) = -bias: the biased exponent is 0 and 2^n reads as +0.0. Below -87.3
     // (float) / -708.4 (double) exp is subnormal; flushing it is within the accuracy bound.
-    const V xc = vmax(V::set1(f32 ? S(-88.0) : S(-709.0)), x);
+    // hi: round(hi / ln2) + bias is the all-ones exponent (2^n = inf), never more.
+    const V xc = vmin(V::set1(f32 ? S(88.5) : S(709.8)), vmax(V::set1(f32 ? S(-88.0) : S(-709.0)), x));
     // Adding 1.5 * 2^mantissa_bits rounds x/ln2 to an integer n held in the low mantissa bits
     // of t, with the exponent bias added; pow2_from_biased shifts it into the exponent field.
     const V magic = V::set1(f32 ? S(12582912.0 + 127.0) : S(6755399441055744.0 + 1023.0));
@@ -87,6 +99,6 @@ FX_ALWAYS_INLINE V vexp(V x) {
       const V p03 = fmadd(p23, r2, p01), p47 = fmadd(p67, r2, p45), p811 = fmadd(p1011, r2, p89);
       q = fmadd(p811, r8, fmadd(p47, r4, p03));
     }
-    return fmadd(r * scale, q, scale);
+    return scale * fmadd(q, r, V::set1(S(1)));
   }
 }

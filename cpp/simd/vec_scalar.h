@@ -32,6 +32,10 @@ struct Vec1 {
   friend Vec1 vmin(Vec1 a, Vec1 b) { return {a.v < b.v ? a.v : b.v}; }
   // res where x >= lo (or x is NaN), else 0.
   friend Vec1 zero_below(Vec1 x, Vec1 lo, Vec1 res) { return {x.v < lo.v ? S(0) : res.v}; }
+  // A mask and lane selection as the vector types have them (vexp's overflow to inf).
+  using mask = bool;
+  friend bool vlt(Vec1 a, Vec1 b) { return a.v < b.v; }
+  friend Vec1 vselect(bool m, Vec1 if_true, Vec1 if_false) { return m ? if_true : if_false; }
   S hsum() const { return v; }
   S hmax() const { return v; }
   bool any_nan() const { return v != v; }

@@ -62,12 +62,15 @@ _OPTS: dict[str, Any] = dict(cache=True, nogil=True, fastmath=False, error_model
 # ----------------------------------------------------------------------------------------------
 # LLVM intrinsics
 
-# exp for x <= 0: x = n ln2 + r with |r| <= ln2/2, exp(x) = 2^n p(r); the constants are those
-# of cpp/vexp.h (tools/fit_exp_poly.py). Below the smallest normal result the answer is 0, so
-# exp(-inf) = 0; NaN fails every comparison and comes out as NaN.
+# exp: x = n ln2 + r with |r| <= ln2/2, exp(x) = 2^n p(r); the constants are those of
+# cpp/vexp.h (tools/fit_exp_poly.py). Inputs are <= 0 but in backward (z - lse, the caller's
+# lse). Below the smallest normal result the answer is 0, so exp(-inf) = 0; x is clamped at hi,
+# where n + bias is the all-ones exponent, so 2^n and the result are inf from there (a finite
+# exp within a factor 1.4 of the largest float comes out inf: only an lse far below the row's
+# max reaches it); NaN fails every comparison and comes out as NaN.
 _EXP = {
     32: dict(
-        lo=-87.33654, hi=88.0, log2e=1.4426950408889634,
+        lo=-87.33654, hi=88.5, log2e=1.4426950408889634,
         magic=12582912.0,  # 1.5 * 2^23: t = x log2e + magic holds round(x log2e) in its low bits
         magic_bits=0x4B400000, bias=127, mantissa=23,
         ln2=(0.693145751953125, 1.4286068202862268e-06),  # hi has few bits: n * hi is exact
@@ -75,7 +78,7 @@ _EXP = {
               0.16666431823613423, 0.49999994344606147, 1.0000000319309859, 1.0),
     ),
     64: dict(
-        lo=-708.3964185322641, hi=709.0, log2e=1.4426950408889634,
+        lo=-708.3964185322641, hi=709.8, log2e=1.4426950408889634,
         magic=6755399441055744.0,  # 1.5 * 2^52
         magic_bits=0x4338000000000000, bias=1023, mantissa=52,
         ln2=(0.6931471803691238, 1.9082149292705877e-10),
@@ -92,7 +95,7 @@ def _fmuladd(builder, a, b, c):
 
 
 def _exp_ir(builder, v, bits):
-    """IR for exp(v), v <= 0 (see _EXP)."""
+    """IR for exp(v) (see _EXP)."""
     ty = v.type
     k = _EXP[bits]
     ity = ir.IntType(bits)
@@ -120,7 +123,7 @@ def _exp_ir(builder, v, bits):
 
 @intrinsic
 def _vexp(typingctx, x):
-    """exp(x) for x <= 0 as straight-line IR the loop vectoriser can widen."""
+    """exp(x) as straight-line IR the loop vectoriser can widen."""
     if not isinstance(x, types.Float):
         return None
 
