@@ -20,9 +20,11 @@
 //   or ~709 (double) reaches there.
 #pragma once
 
-// Bits of 2^(j/8) in float, less the exponent bias: T[j] plus (e + 127) << 23 is 2^(e + j/8).
-constexpr uint32_t kExp2Eighths[8] = {0x000000, 0x0B95C2, 0x1837F0, 0x25FED7,
-                                      0x3504F3, 0x45672A, 0x5744FD, 0x6AC0C7};
+// Bits of 2^(j/8) in float, less the exponent bias and less j << 20 (mod 2^32): T[j] plus
+// ((e + 127) * 8 + j) << 20 is 2^(e + j/8). t << 20 is that sum's second term as it stands (j in
+// bits 20-22), so V::exp2_eighths adds it without masking those bits off.
+constexpr uint32_t kExp2Eighths[8] = {0x00000000, 0xFFFB95C2, 0xFFF837F0, 0xFFF5FED7,
+                                      0xFFF504F3, 0xFFF5672A, 0xFFF744FD, 0xFFFAC0C7};
 
 template <class V, class = void>
 struct HasLut8 {

@@ -54,3 +54,6 @@ if __name__ == "__main__":
     print("  8 / ln2 =", repr(8 / np.log(2.0)), " ln2 / 8 = hi + lo:", split_hi_lo(np.log(2.0) / 8))
     table = [float_bits(float(np.float32(2.0 ** (j / 8)))) - (127 << 23) for j in range(8)]
     print("  T (bits of 2^(j/8) less the exponent bias):", ", ".join(f"0x{b:06X}" for b in table))
+    # What the kernels add to t << 20, whose bits 20-22 still hold j (cpp/vexp.h).
+    shifted = [(b - (j << 20)) % 2**32 for j, b in enumerate(table)]
+    print("  T - (j << 20), mod 2^32:", ", ".join(f"0x{b:08X}" for b in shifted))

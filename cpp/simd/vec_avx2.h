@@ -219,7 +219,8 @@ struct VecF {
   // 2^n from t = n + 127 + 1.5 * 2^23 (see vexp.h).
   static VecF pow2_from_biased(VecF t) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.v), 23))}; }
   // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23: table[k & 7] (one lane permute) plus the
-  // exponent k >> 3 moved into place (see vexp.h).
+  // low bits of t shifted into the exponent (the table takes off the k & 7 that comes along,
+  // see vexp.h; k + 8 * 127 < 2^11, so nothing reaches the sign).
   static constexpr bool has_lut8 = true;
   static VecF exp2_eighths(VecF t, const uint32_t* table) {
     const __m256i bits = _mm256_castps_si256(t.v);
@@ -228,8 +229,7 @@ struct VecF {
     const __m256i entries = _mm256_setr_epi32(int(table[0]), int(table[1]), int(table[2]), int(table[3]),
                                               int(table[4]), int(table[5]), int(table[6]), int(table[7]));
     const __m256 frac = _mm256_permutevar8x32_ps(_mm256_castsi256_ps(entries), bits);
-    const __m256i expo = _mm256_and_si256(_mm256_slli_epi32(bits, 20), _mm256_set1_epi32(0x7F800000));
-    return {_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(frac), expo))};
+    return {_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(frac), _mm256_slli_epi32(bits, 20)))};
   }
 };
 

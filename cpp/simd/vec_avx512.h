@@ -66,8 +66,8 @@ struct VecF {
   }
   // 2^n from t = n + 127 + 1.5 * 2^23 (see vexp.h).
   static VecF pow2_from_biased(VecF t) { return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t.v), 23))}; }
-  // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23 (see vexp.h): the permute reads the low 4 bits,
-  // so the table is repeated.
+  // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23 (see vexp.h and the AVX2 version): the permute
+  // reads the low 4 bits, so the table is repeated.
   static constexpr bool has_lut8 = true;
   static VecF exp2_eighths(VecF t, const uint32_t* table) {
     const __m512i bits = _mm512_castps_si512(t.v);
@@ -76,8 +76,7 @@ struct VecF {
                                               int(table[0]), int(table[1]), int(table[2]), int(table[3]),
                                               int(table[4]), int(table[5]), int(table[6]), int(table[7]));
     const __m512i frac = _mm512_permutexvar_epi32(bits, entries);
-    const __m512i expo = _mm512_and_si512(_mm512_slli_epi32(bits, 20), _mm512_set1_epi32(0x7F800000));
-    return {_mm512_castsi512_ps(_mm512_add_epi32(frac, expo))};
+    return {_mm512_castsi512_ps(_mm512_add_epi32(frac, _mm512_slli_epi32(bits, 20)))};
   }
 };
 

@@ -62,7 +62,7 @@ struct Vec1 {
   static Vec1 exp2_eighths(Vec1 t, const uint32_t* table) {
     uint32_t bits;
     FX_MEMCPY(&bits, &t.v, 4);
-    bits = table[bits & 7] + ((bits << 20) & 0x7F800000u);
+    bits = table[bits & 7] + (bits << 20);  // (wraps mod 2^32, as the table expects)
     float r;
     FX_MEMCPY(&r, &bits, 4);
     return {r};
