@@ -247,7 +247,7 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
       }
       const double wy = w ? w[y] : 1.0;
       // (An lse that is not the forward's is used as given: sum_is_one.)
-      const bool renormalise = mode != CeMode::backward || sum_is_one(rest[r] + ey[r], shift[r], C, 0x1p-24);
+      const bool renormalise = mode != CeMode::backward || sum_is_one<float>(rest[r] + ey[r], shift[r], C);
       label_grad[r] = label_grad_from_rest(rest[r], ey[r], label_coefs[r], beta[r], a.weight_total, wy,
                                            z_coefs[r], renormalise);
     }

@@ -616,7 +616,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     // Streamed stores are weakly ordered: the label's entry below must land after them.
     if (stream) VecFor<S>::type::store_fence();
     if constexpr (kNarrow<T>) {
-      const bool renormalise = mode != CeMode::backward || sum_is_one(st.rest + st.ey, lse, C, 0x1p-24);
+      const bool renormalise = mode != CeMode::backward || sum_is_one<float>(st.rest + st.ey, lse, C);
       g[y] = narrow_from_double<T>(label_grad_from_rest(st.rest, st.ey, c.label_coef,
                                                         c.smooth_coef, a.weight_total, wy,
                                                         c.z_coef, renormalise));

@@ -291,8 +291,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         if constexpr (kMode == CeMode::backward) {
           // The label's p_y renormalised only where the lse is the forward's (sum_is_one).
           const V lse = V::load(lse_io + i), deviation = s - one;
-          const V tolerance = (vmax(lse, zero - lse) + V::set1(S(C))) *
-                              V::set1(S(sizeof(S) == 4 ? 0x1p-22 : 0x1p-51));
+          const V tolerance = (vmax(lse, zero - lse) + V::set1(S(C))) * V::set1(S(kSumIsOneSlack<S>));
           const auto renormalise = vlt(vmax(deviation, zero - deviation), tolerance);
           inv_s = vselect(renormalise, inv_s, one);
           one_minus_py = vselect(renormalise, rest, one - ey);
@@ -397,7 +396,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         const GradCoefs c = grad_coefs(a, i0 + k, double(wy_b[k]), 0.0);  // (no z-loss here)
         const double rest = double(rest_b[k]), ey = double(ey_b[k]);
         const bool renormalise = kMode != CeMode::backward ||
-                                 sum_is_one(rest + ey, double(lse_io[i0 + k]), C, 0x1p-24);
+                                 sum_is_one<float>(rest + ey, double(lse_io[i0 + k]), C);
         grad[(i0 + k) * grad_stride + y] = narrow_from_double<T>(label_grad_from_rest(
             rest, ey, c.label_coef, c.smooth_coef, weight_total_d, double(wy_b[k]), 0.0, renormalise));
       }

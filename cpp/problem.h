@@ -88,9 +88,13 @@ enum class CeMode : int { forward = 0, fused = 1, backward = 2 };
 // class); within 4x that, the label's p_y is renormalised to ey / s, so that p_y - 1 = -rest / s
 // keeps its precision near p_y = 1. An lse off by more is not the forward's: it is used as given,
 // p_y = ey, as the reference does (and an overflowed exp stays inf, not inf / inf).
-// unit: 2^-24 for a float lse, 2^-53 for a double one.
-inline bool sum_is_one(double s, double lse, int64_t classes, double unit) {
-  const double deviation = s - 1.0, tolerance = 4.0 * unit * ((lse < 0 ? -lse : lse) + double(classes));
+// Per unit of |lse| + classes, for an lse of type S (the vector kernels read it too).
+template <class S>
+constexpr double kSumIsOneSlack = 4.0 * (sizeof(S) == 4 ? 0x1p-24 : 0x1p-53);
+
+template <class S>
+inline bool sum_is_one(double s, double lse, int64_t classes) {
+  const double deviation = s - 1.0, tolerance = kSumIsOneSlack<S> * ((lse < 0 ? -lse : lse) + double(classes));
   return (deviation < 0 ? -deviation : deviation) <= tolerance;  // false for NaN
 }
 
