@@ -312,6 +312,19 @@ int64_t check_labels(const int64_t* labels, int64_t n, int64_t classes, int64_t 
   return read_labels_t<int64_t, false>(labels, n, 1, classes, ignore_index, nullptr);  // throws
 }
 
+void narrow_doubles(const double* values, int64_t n, DType type, void* out) {
+  auto narrow = [&](auto* typed) {
+    using T = std::remove_pointer_t<decltype(typed)>;
+    for (int64_t i = 0; i < n; ++i) typed[i] = narrow_from_double<T>(values[i]);
+  };
+  switch (type) {
+    case DType::f32: return narrow(static_cast<float*>(out));
+    case DType::f16: return narrow(static_cast<Half*>(out));
+    case DType::bf16: return narrow(static_cast<BFloat16*>(out));
+    case DType::f64: return narrow(static_cast<double*>(out));
+  }
+}
+
 LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums) {
   const KernelTable& table = active_table();
   LossSums sums;

@@ -37,6 +37,9 @@ struct LossSums {
 // fused/backward fill grad. With want_sums (forward/fused), also sums row_loss and row_z while
 // they are still in cache; the sums are the same bits for any thread count.
 LossSums run_cross_entropy(const CeArgs& args, CeMode mode, bool want_sums = false);
+
+// out[i] = values[i] rounded once to `type` (float32, float16 or bfloat16; as the kernels round).
+void narrow_doubles(const double* values, int64_t n, DType type, void* out);
 void run_rowop(const RowsArgs& args, RowOp op);
 
 }  // namespace fastxent

@@ -4,11 +4,13 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../cpp/bce_driver.h"
@@ -28,6 +30,7 @@ using Vector = nb::ndarray<nb::ro, nb::ndim<1>, nb::device::cpu>;
 using DoubleVector = nb::ndarray<nb::ro, double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using OutMatrix = nb::ndarray<nb::ndim<2>, nb::device::cpu>;
 using OutDoubles = nb::ndarray<double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using OutVector = nb::ndarray<nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using OutFlags = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 namespace {
@@ -39,10 +42,11 @@ std::optional<ArrayView> view_of(const std::optional<Array>& a) {
 }
 
 // fastxent._core.cross_entropy: positional arguments (see CrossEntropyCall for their meaning).
-double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
+// Returns (loss, rows not ignored).
+std::pair<double, int64_t> cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
                      std::optional<DoubleVector> weight, int64_t ignore_index, double smoothing,
                      int reduction, double grad_output, std::optional<DoubleVector> grad_rows,
-                     std::optional<Vector> lse, std::optional<OutDoubles> row_loss,
+                     std::optional<Vector> lse, std::optional<OutVector> row_loss,
                      std::optional<OutMatrix> grad, int dtype_code, std::optional<Matrix> targets,
                      double z_loss, double softcap, std::optional<OutDoubles> row_z,
                      std::optional<OutFlags> correct) {
@@ -65,7 +69,8 @@ double cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
   call.softcap = softcap;
   call.row_z = view_of(row_z);
   call.correct = view_of(correct);
-  return run_cross_entropy_call(call);
+  const CallResult result = run_cross_entropy_call(call);
+  return {result.loss, result.kept_rows};
 }
 
 void rowop(int op, const Matrix& x, OutMatrix out, int dtype_code) {

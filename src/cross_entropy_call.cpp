@@ -45,7 +45,7 @@ constexpr int64_t kKeepGilLogits = 1024;
 
 }  // namespace
 
-double run_cross_entropy_call(const CrossEntropyCall& call) {
+CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
   const CeMode mode = call.mode;
   const ArrayView &logits = call.logits, &labels = call.labels;
   const auto &weight = call.weight, &grad_rows = call.grad_rows, &lse = call.lse, &row_loss = call.row_loss,
@@ -148,8 +148,19 @@ double run_cross_entropy_call(const CrossEntropyCall& call) {
   } else {  // as doubles: enough room for a.rows floats or doubles
     a.lse = call_scratch<double>(ScratchSlot::lse, size_t(a.rows), own_lse);
   }
+  // Per-row losses in the logits' dtype are the kernels' doubles rounded once, after the run.
+  void* narrow_row_loss = nullptr;
   if (mode != CeMode::backward) {
     if (row_loss) {
+      check_rows(row_loss->shape(0), "row_loss");
+      if (row_loss->dtype().bits == 64) {
+        check_same_storage(row_loss->dtype(), DType::f64, "row_loss");
+      } else {
+        check_same_storage(row_loss->dtype(), a.dtype, "row_loss");
+        narrow_row_loss = row_loss->data();
+      }
+    }
+    if (row_loss && !narrow_row_loss) {
       a.row_loss = row_loss->data_as<double>();
     } else {  // every row is written by the kernels
       a.row_loss = call_scratch<double>(ScratchSlot::row_loss, size_t(a.rows), own_row_loss);
@@ -166,12 +177,13 @@ double run_cross_entropy_call(const CrossEntropyCall& call) {
     nb::gil_scoped_release release;
     sums = run_cross_entropy(a, mode, reduction != kNone);
   }
-  if (mode == CeMode::backward) return NAN;
+  if (mode == CeMode::backward) return {NAN, kept_rows};
   if (reduction == kNone) {
     if (a.row_z) for (int64_t i = 0; i < a.rows; ++i) a.row_loss[i] += a.row_z[i];
-    return NAN;
+    if (narrow_row_loss) narrow_doubles(a.row_loss, a.rows, a.dtype, narrow_row_loss);
+    return {NAN, kept_rows};
   }
-  return sums.loss / denom + (a.row_z ? sums.z / z_denom : 0.0);
+  return {sums.loss / denom + (a.row_z ? sums.z / z_denom : 0.0), kept_rows};
 }
 
 }  // namespace fastxent

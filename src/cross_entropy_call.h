@@ -26,7 +26,7 @@ struct CrossEntropyCall {
   double grad_output = 1.0;
   std::optional<ArrayView> grad_rows;   // (rows,) float64: grad_output per row
   std::optional<ArrayView> lse;         // (rows,): written by forward / fused, read by backward
-  std::optional<ArrayView> row_loss;    // (rows,) float64
+  std::optional<ArrayView> row_loss;    // (rows,) float64, or float32 (rounded from the doubles)
   std::optional<ArrayView> grad;        // (rows, classes), written
   int dtype_code = -1;                  // see float_dtype
   std::optional<ArrayView> targets;     // (rows, classes)
@@ -35,8 +35,15 @@ struct CrossEntropyCall {
   std::optional<ArrayView> correct;     // (rows,) uint8
 };
 
-// The reduced loss (mean/sum; with the z-loss term), or NaN for "none" (the per-row losses,
-// z-loss included, are then in row_loss) and for backward.
-double run_cross_entropy_call(const CrossEntropyCall& call);
+struct CallResult {
+  // The reduced loss (mean/sum; with the z-loss term), or NaN for "none" (the per-row losses,
+  // z-loss included, are then in row_loss) and for backward.
+  double loss;
+  // Rows whose label is not ignore_index (all rows for probability targets): "mean"'s divisor
+  // of the z-loss term and of accuracy, counted by the label check anyway.
+  int64_t kept_rows;
+};
+
+CallResult run_cross_entropy_call(const CrossEntropyCall& call);
 
 }  // namespace fastxent

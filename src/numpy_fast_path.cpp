@@ -117,7 +117,7 @@ nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle label
     }
     call.grad = grad_view;
   }
-  nb::object loss = loss_scalar(run_cross_entropy_call(call), type_num);
+  nb::object loss = loss_scalar(run_cross_entropy_call(call).loss, type_num);
   if (mode == CeMode::forward) return loss;
   return nb::make_tuple(loss, grad);
 }

@@ -48,9 +48,12 @@ def _lse_result(problem, lse):
 
 
 def _extras(problem, z_term, accuracy, return_z_loss, return_accuracy):
-    """The optional results, in the documented order: z-loss term, then accuracy."""
+    """The optional results, in the documented order: z-loss term, then accuracy. A backend's
+    z_term None means per-row zeros (no z-loss, reduction "none"), made only when asked for."""
     extra = ()
     if return_z_loss:
+        if z_term is None:
+            z_term = np.zeros(problem.rows)
         extra += (_loss_result(problem, z_term),)
     if return_accuracy:
         extra += (np.float64(accuracy),)
@@ -84,7 +87,8 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *, weight: ArrayLike | N
     problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
                            z_loss, softcap)
     _check_accuracy_request(problem, return_accuracy)
-    loss, _, z_term, accuracy = _backends.get(backend).forward(problem, return_accuracy)
+    loss, _, z_term, accuracy = _backends.get(backend).forward(problem, return_accuracy,
+                                                               want_lse=False)
     result = _loss_result(problem, loss)
     extra = _extras(problem, z_term, accuracy, return_z_loss, return_accuracy)
     return (result, *extra) if extra else result

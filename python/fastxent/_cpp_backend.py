@@ -27,8 +27,10 @@ def _kernel_view(a):
 
 def _call(problem: Problem, mode, grad_scalar, grad_rows, lse, row_loss, grad, row_z=None,
           correct=None):
+    """(reduced loss, or NaN for "none" and backward; rows not ignored)."""
     logits, code = _kernel_view(problem.logits)
     grad, _ = _kernel_view(grad)
+    row_loss, _ = _kernel_view(row_loss)
     labels = problem.labels if problem.labels is not None else _NO_LABELS
     try:
         return _core.cross_entropy(
@@ -49,50 +51,47 @@ def lse_dtype(problem: Problem):
     return _lse_dtype(problem.logits.dtype)
 
 
-def _kept_rows(problem: Problem) -> int:
-    if problem.soft:
-        return problem.rows
-    return int(np.count_nonzero(problem.labels != problem.ignore_index))
-
-
-def _z_term(problem: Problem, row_z):
-    """The z-loss term reduced as the loss is ("mean": over the rows not ignored)."""
-    if problem.reduction == "none":
-        return np.zeros(problem.rows) if row_z is None else row_z
-    total = 0.0 if row_z is None else float(row_z.sum())
-    if problem.reduction == "sum":
-        return total
-    kept = _kept_rows(problem)
+def _divide(total, kept):
     return total / kept if kept else float("nan")
 
 
-def _accuracy(problem: Problem, correct):
-    if correct is None:
-        return None
-    kept = _kept_rows(problem)
-    return float(np.count_nonzero(correct)) / kept if kept else float("nan")
+def _z_term(problem: Problem, row_z, kept):
+    """The z-loss term reduced as the loss is ("mean": over the rows not ignored); None for
+    "none" without a z-loss (the caller makes the zeros only if they are asked for)."""
+    if problem.reduction == "none":
+        return row_z
+    total = 0.0 if row_z is None else float(row_z.sum())
+    return total if problem.reduction == "sum" else _divide(total, kept)
 
 
-def _outputs(problem: Problem, want_accuracy):
+def _accuracy(correct, kept):
+    return None if correct is None else _divide(float(np.count_nonzero(correct)), kept)
+
+
+def _outputs(problem: Problem, want_accuracy, want_lse):
+    """The arrays the kernels fill; lse only when the caller returns it (else the kernels' own
+    scratch, with no allocation). Per-row losses come in the logits' dtype, rounded once."""
     n = problem.rows
-    row_loss = np.empty(n) if problem.reduction == "none" else None
+    lse = np.empty(n, lse_dtype(problem)) if want_lse else None
+    row_loss = np.empty(n, problem.logits.dtype) if problem.reduction == "none" else None
     row_z = np.empty(n) if problem.z_loss else None
     correct = np.empty(n, np.uint8) if want_accuracy else None
-    return np.empty(n, lse_dtype(problem)), row_loss, row_z, correct
+    return lse, row_loss, row_z, correct
 
 
-def forward(problem: Problem, want_accuracy=False):
-    lse, row_loss, row_z, correct = _outputs(problem, want_accuracy)
-    loss = _call(problem, _FORWARD, 1.0, None, lse, row_loss, None, row_z, correct)
+def forward(problem: Problem, want_accuracy=False, want_lse=True):
+    lse, row_loss, row_z, correct = _outputs(problem, want_accuracy, want_lse)
+    loss, kept = _call(problem, _FORWARD, 1.0, None, lse, row_loss, None, row_z, correct)
     loss = row_loss if row_loss is not None else loss
-    return loss, lse, _z_term(problem, row_z), _accuracy(problem, correct)
+    return loss, lse, _z_term(problem, row_z, kept), _accuracy(correct, kept)
 
 
 def fused(problem: Problem, grad_scalar, grad_rows, grad_out, want_accuracy=False):
-    lse, row_loss, row_z, correct = _outputs(problem, want_accuracy)
-    loss = _call(problem, _FUSED, grad_scalar, grad_rows, lse, row_loss, grad_out, row_z, correct)
+    _, row_loss, row_z, correct = _outputs(problem, want_accuracy, want_lse=False)
+    loss, kept = _call(problem, _FUSED, grad_scalar, grad_rows, None, row_loss, grad_out, row_z,
+                       correct)
     loss = row_loss if row_loss is not None else loss
-    return loss, _z_term(problem, row_z), _accuracy(problem, correct)
+    return loss, _z_term(problem, row_z, kept), _accuracy(correct, kept)
 
 
 def backward(problem: Problem, lse, grad_scalar, grad_rows, grad_out):

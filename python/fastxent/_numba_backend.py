@@ -696,7 +696,7 @@ class _Call:
         reduction = self.problem.reduction
         if reduction == "none":
             if row_z is None:
-                return row_loss, np.zeros(self.rows)
+                return row_loss, None  # (zeros, made by the caller only if asked for)
             return row_loss + row_z, row_z
         total = float(row_loss.sum())
         z_total = 0.0 if row_z is None else float(row_z.sum())
@@ -738,9 +738,10 @@ def _check_accuracy(problem: Problem, want_accuracy):
         raise ValueError("return_accuracy needs class-index labels, not probability targets")
 
 
-def forward(problem: Problem, want_accuracy=False):
+def forward(problem: Problem, want_accuracy=False, want_lse=True):
     """(reduced loss or per-row float64 losses, per-row lse in the logits' dtype, float32 for
-    16-bit logits, z-loss term reduced like the loss, accuracy or None)."""
+    16-bit logits, z-loss term reduced like the loss, accuracy or None). The kernels write lse
+    either way: want_lse is for backends that can skip it."""
     _check_accuracy(problem, want_accuracy)
     call = _Call(_upcast(problem))
     lse = np.empty(call.rows, call.x.dtype)

@@ -133,8 +133,9 @@ def accuracy(problem: Problem, rows: _Rows, z: np.ndarray) -> float:
         return float(np.float64(correct.sum()) / rows.z_denominator)
 
 
-def forward(problem: Problem, want_accuracy=False):
-    """(loss, per-row lse, z-loss term, accuracy or None); losses float64."""
+def forward(problem: Problem, want_accuracy=False, want_lse=True):
+    """(loss, per-row lse, z-loss term, accuracy or None); losses float64. (lse is computed
+    either way: want_lse is for backends that can skip it.)"""
     rows = _Rows(problem)
     z = _capped(problem)
     ce, zl, lse, _ = _row_losses(problem, rows, z)
