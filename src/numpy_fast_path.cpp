@@ -82,14 +82,24 @@ nb::object loss_scalar(double loss, int type_num) {
   return nb::steal(scalar);
 }
 
+// A new 1-D array of n elements of type_num.
+nb::object new_vector(int64_t n, int type_num) {
+  npy_intp shape[1] = {npy_intp(n)};
+  nb::object a = nb::steal(PyArray_SimpleNew(1, shape, type_num));
+  if (!a.is_valid()) throw nb::python_error();
+  return a;
+}
+
 // fast_cross_entropy(mode, logits, labels, reduction, grad_output, out): forward (mode 0) gives
-// the loss; fused (mode 1) gives (loss, grad), grad being out or a new array. The options are
-// torch's defaults (no weight, ignore_index -100, no smoothing); reduction is mean or sum. Bad
-// labels or shapes raise as in _core.cross_entropy, before anything is written.
+// the loss; fused (mode 1) gives (loss, grad), grad being out or a new array. The loss is a
+// scalar for mean and sum, and for none a new array of per-row losses in the logits' dtype. The
+// options are torch's defaults (no weight, ignore_index -100, no smoothing). Bad labels or
+// shapes raise as in _core.cross_entropy, before anything is written.
 nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle labels, int reduction,
                               double grad_output, nb::handle out) {
   const CeMode mode = CeMode(mode_code);
-  if ((mode != CeMode::forward && mode != CeMode::fused) || (reduction != kMean && reduction != kSum)) {
+  if ((mode != CeMode::forward && mode != CeMode::fused) ||
+      (reduction != kMean && reduction != kSum && reduction != kNone)) {
     return nb::none();
   }
   CrossEntropyCall call;
@@ -117,7 +127,16 @@ nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle label
     }
     call.grad = grad_view;
   }
-  nb::object loss = loss_scalar(run_cross_entropy_call(call).loss, type_num);
+  nb::object loss;
+  if (reduction == kNone) {
+    loss = new_vector(call.logits.extent[0], type_num);
+    ArrayView row_loss;
+    view_numpy(loss.ptr(), 1, Elements::floats, row_loss);  // (a new array of floats: it fits)
+    call.row_loss = row_loss;
+    run_cross_entropy_call(call);
+  } else {
+    loss = loss_scalar(run_cross_entropy_call(call).loss, type_num);
+  }
   if (mode == CeMode::forward) return loss;
   return nb::make_tuple(loss, grad);
 }

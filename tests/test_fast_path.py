@@ -13,20 +13,29 @@ pytestmark = pytest.mark.skipif("cpp" not in fastxent.info()["backends"],
                                 reason="the compiled extension is not built")
 
 
+def assert_same_loss(fast, full):
+    assert type(fast) is type(full)
+    if isinstance(full, np.ndarray):  # "none": per-row losses
+        assert fast.dtype == full.dtype and fast.shape == full.shape and fast.flags.writeable
+        np.testing.assert_array_equal(fast, full)
+    else:
+        assert fast == full
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_same_answers_as_the_full_path(dtype, reduction, rng):
     x = make_logits(rng, (37, 11), dtype)
     y = make_labels(rng, (37,), 11).astype(np.int32)
-    # label_smoothing=0.0 takes the fast path; a tiny z_loss of 0.0 passed as a list does not.
+    # plain labels take the fast path; the same labels as a list do not.
     fast = fastxent.cross_entropy_with_grad(x, y, reduction=reduction, grad_output=2)
     full = fastxent.cross_entropy_with_grad(x, list(y), reduction=reduction, grad_output=2)
-    assert fast[0] == full[0] and type(fast[0]) is type(full[0])
+    assert_same_loss(fast[0], full[0])
     np.testing.assert_array_equal(fast[1], full[1])
     out = np.empty_like(x)
     assert fastxent.cross_entropy_with_grad(x, y, out=out, reduction=reduction)[1] is out
-    assert fastxent.cross_entropy(x, y, reduction=reduction) == fastxent.cross_entropy(
-        x, list(y), reduction=reduction)
+    assert_same_loss(fastxent.cross_entropy(x, y, reduction=reduction),
+                     fastxent.cross_entropy(x, list(y), reduction=reduction))
 
 
 def test_errors_keep_their_messages_and_buffers():
@@ -138,6 +147,9 @@ def test_plain_calls_stay_on_the_fast_path(dtype, label_dtype, rng, monkeypatch)
     assert grad_out is out and loss_out == want_loss
     assert fastxent.cross_entropy(x, y) == want_loss
     assert type(fastxent.cross_entropy(x, y)) is dtype
+    row_losses = fastxent.cross_entropy(x, y, reduction="none")
+    assert row_losses.dtype == dtype and row_losses.shape == (7,)
+    assert row_losses.sum(dtype=np.float64) == pytest.approx(7 * want_loss, rel=1e-6)
 
 
 def test_a_float32_loss_past_its_range_is_inf_without_a_warning(monkeypatch):
@@ -189,8 +201,10 @@ def test_core_hands_back_what_it_cannot_read_as_it_is(rng):
         if before is not None:
             np.testing.assert_array_equal(out, before)
     assert _core.fast_cross_entropy(2, x, y, 1, 1.0, np.empty_like(x)) is None  # backward
-    assert _core.fast_cross_entropy(0, x, y, 0, 1.0, None) is None  # reduction="none"
+    assert _core.fast_cross_entropy(0, x, y, 3, 1.0, None) is None  # no such reduction
     assert isinstance(_core.fast_cross_entropy(0, x, y, 2, 1.0, None), np.float32)
+    row_losses = _core.fast_cross_entropy(0, x, y, 0, 1.0, None)  # reduction="none"
+    assert row_losses.dtype == np.float32 and row_losses.shape == (4,)
 
 
 def test_core_keeps_reference_counts(rng):
@@ -208,9 +222,12 @@ def test_core_keeps_reference_counts(rng):
         _core.fast_cross_entropy(1, x, y, 1, 1.0, out)
         _core.fast_cross_entropy(1, x, y, 1, 1.0, None)
         _core.fast_cross_entropy(0, x, y, 1, 1.0, None)
+        _core.fast_cross_entropy(1, x, y, 0, 1.0, None)
     assert [sys.getrefcount(v) for v in (x, y, out, dtype)] == counts
     loss, grad = _core.fast_cross_entropy(1, x, y, 1, 1.0, None)
     assert sys.getrefcount(grad) == 2  # this name and the call's argument: the array is ours
+    row_losses, grad = _core.fast_cross_entropy(1, x, y, 0, 1.0, None)
+    assert sys.getrefcount(row_losses) == 2 and sys.getrefcount(grad) == 2
 
 
 def test_the_fast_path_follows_the_backend(rng, monkeypatch):

@@ -1,8 +1,10 @@
 """fastxent.torch: cross_entropy / CrossEntropyLoss against torch.nn.functional.cross_entropy.
 
-Every option combination is run through both ways the module can execute: the eager
+Every option combination is run through every way the module can execute: the eager
 autograd.Function ("eager") and the custom ops that torch.compile sees ("ops"), in each
-gradient mode ("lse": gradient from the saved lse, "grad": grad_in_forward, "inplace").
+gradient mode ("lse": gradient from the saved lse, "grad": grad_in_forward, "inplace"), and
+the eager fast path for plain calls ("eager-fast": the other eager runs keep off it; with
+options it does not take, it hands the call on to the eager-lse path).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from fastxent.torch import _cross_entropy  # noqa: E402
 F = torch.nn.functional
 REDUCTIONS = ["mean", "sum", "none"]
 # (path, mode): in-place is eager-only (it needs mark_dirty, which custom ops don't have).
-RUNS = [("eager", "lse"), ("eager", "grad"), ("eager", "inplace"), ("ops", "lse"), ("ops", "grad")]
+RUNS = [("eager", "lse"), ("eager", "grad"), ("eager", "inplace"), ("eager", "fast"),
+        ("ops", "lse"), ("ops", "grad")]
 RUN_IDS = [f"{p}-{m}" for p, m in RUNS]
 # torch.compile imports inductor, which imports a deprecated torch.jit API.
 JIT_DEPRECATION = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
@@ -31,7 +34,7 @@ def fx_loss(x, y, weight=None, *, path="eager", mode="lse", ignore_index=-100,
             reduction="mean", label_smoothing=0.0):
     return _cross_entropy(x, y, weight, ignore_index, reduction, label_smoothing,
                           grad_in_forward=mode == "grad", inplace=mode == "inplace",
-                          use_ops=path == "ops")
+                          use_ops=path == "ops", fast_path=mode == "fast")
 
 
 def loss_and_grad(fn, x, y, grad_output=None, **opts):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import _linear
+from ._checks import is_bfloat16
 
 try:
     import ml_dtypes  # noqa: F401 - NumPy views of bfloat16 tensors need its dtype
@@ -42,7 +43,7 @@ def _tensor(a, dtype):
     if a is None:
         return None
     a = np.asarray(a)
-    if a.dtype.name == "bfloat16":
+    if is_bfloat16(a.dtype):
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     t = torch.from_numpy(a)
     return t if t.dtype == dtype else t.to(dtype)

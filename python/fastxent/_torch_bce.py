@@ -12,7 +12,7 @@ import torch
 
 import fastxent
 
-from ._checks import check_reduction
+from ._checks import check_reduction, is_bfloat16
 from ._types import Reduction
 
 
@@ -44,7 +44,7 @@ class _BCEWithLogits(torch.autograd.Function):
         if input.requires_grad and reduction != "none":
             loss, grad = fastxent.binary_cross_entropy_with_logits_with_grad(_np(x), _np(t), **opts)
             ctx.grad = torch.from_numpy(grad.view(np.int16)).view(torch.bfloat16) \
-                if grad.dtype.name == "bfloat16" else torch.from_numpy(grad)
+                if is_bfloat16(grad.dtype) else torch.from_numpy(grad)
         else:
             loss = fastxent.binary_cross_entropy_with_logits(_np(x), _np(t), **opts)
             ctx.save_for_backward(x, t, weight, pos_weight)

@@ -51,8 +51,12 @@ IMPLS = {
     "torch": ("PyTorch eager fwd+bwd", "fused"),
     "torch-compile": ("torch.compile fwd+bwd", "fused"),
     "jax": ("JAX jit value_and_grad", "fused"),
+    # The drop-ins: what a PyTorch or JAX training loop gets from fastxent (autograd, jit).
+    "fastxent-torch": ("fastxent.torch fwd+bwd", "fused"),
+    "fastxent-jax": ("fastxent.jax jit value_and_grad", "fused"),
 }
-PEERS = ("torch", "torch-compile", "jax")
+# Need PyTorch or JAX (--no-peers leaves them out), and pause after each sample (see Timed).
+PEERS = ("torch", "torch-compile", "jax", "fastxent-torch", "fastxent-jax")
 COPY_LABEL = "memory copy (np.copyto)"
 
 LOSS_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
@@ -219,7 +223,25 @@ def torch_loss(logits, labels):
     return F.cross_entropy(logits, labels)
 
 
+def fastxent_torch_loss(logits, labels):
+    import fastxent.torch
+
+    return fastxent.torch.cross_entropy(logits, labels)
+
+
 _JAX_FN = None
+_FASTXENT_JAX_FN = None
+
+
+def fastxent_jax_value_and_grad():
+    """jit(value_and_grad) of fastxent.jax.cross_entropy (mean over rows)."""
+    global _FASTXENT_JAX_FN
+    if _FASTXENT_JAX_FN is None:
+        jax, _ = import_jax()
+        import fastxent.jax
+
+        _FASTXENT_JAX_FN = jax.jit(jax.value_and_grad(fastxent.jax.cross_entropy))
+    return _FASTXENT_JAX_FN
 
 
 def jax_value_and_grad():
@@ -267,7 +289,7 @@ class Timed:
         # pause they steal the cores from whatever is timed next in the round. 0.3 s: after a
         # 4096 x 32000 JAX call a fastxent call took 86 ms 50 ms later, and 60-64 ms (as without
         # JAX) 0.3 s and 1 s later.
-        self.settle = 0.3 if key in ("numba", "torch", "torch-compile", "jax") else 0.0
+        self.settle = 0.3 if key in ("numba",) + PEERS else 0.0
         self.inner = 1
         self.samples = []
         self.spent = 0.0
@@ -429,6 +451,15 @@ def build_impl(key, case: Case, bufs, opts):
         case.check(label, *fn())
         return Timed(key, label, kind, fn)
 
+    if key == "fastxent-torch":
+        torch, _ = import_torch()
+        leaf, yt = torch_inputs(torch, case)
+
+        def fn():
+            return torch_step(fastxent_torch_loss, leaf, yt)
+        case.check(label, *fn())
+        return Timed(key, label, kind, fn)
+
     if key == "torch-compile":
         torch, _ = import_torch()
         leaf, yt = torch_inputs(torch, case)
@@ -451,9 +482,9 @@ def build_impl(key, case: Case, bufs, opts):
         timed.notes.append(f"first call (compile) {first:.1f} s")
         return timed
 
-    if key == "jax":
+    if key in ("jax", "fastxent-jax"):
         z, yj = jax_inputs(case)
-        vg = jax_value_and_grad()
+        vg = jax_value_and_grad() if key == "jax" else fastxent_jax_value_and_grad()
 
         def fn():
             return jax_step(vg, z, yj)
@@ -622,8 +653,13 @@ def bench_latency(opts, log=print) -> dict:
 
             def eager():
                 return torch_step(F.cross_entropy, leaf, yt)
+
+            def drop_in():
+                return torch_step(fastxent_torch_loss, leaf, yt)
             case.check("torch eager 1x10", *eager())
+            case.check("fastxent.torch 1x10", *drop_in())
             items.append(Timed("torch", "torch eager", "fused", eager))
+            items.append(Timed("fastxent-torch", "fastxent.torch", "fused", drop_in))
         except Skip as why:
             skipped["torch"] = str(why)
     if "jax" in opts.impls:

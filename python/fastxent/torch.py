@@ -22,6 +22,12 @@ per-call overhead, which is most of the time for small batches.
 
 * Default: the forward computes the loss and keeps the per-row log-sum-exp; the backward makes
   the gradient from it in one read of the logits (no max/sum recomputed).
+* Plain calls (2-D float32/float64 input, int64 targets, no weight, smoothing, ignore_index
+  other than -100, z-loss, softcap or extras) take a fast path (``_torch_fast``) to the
+  kernels' small-call entry, which skips most of the wrapper's per-call work. With a gradient
+  to come and at most 2**20 logits, it runs the fused pass in the forward, as
+  ``grad_in_forward`` does (one pass over the logits instead of two; the held gradient is at
+  most 8 MiB). Above that size the default above applies.
 * ``grad_in_forward=True``: the forward computes loss and gradient in one fused pass and keeps the
   gradient; the backward hands it on as it is when ``grad_output`` is 1 (``loss.backward()``)
   and scales it (a new tensor) otherwise. It holds a logits-sized gradient from forward to
@@ -85,7 +91,7 @@ import numpy as np
 
 import fastxent
 
-from ._checks import check_reduction, check_softcap, check_z_loss
+from ._checks import check_reduction, check_softcap, check_z_loss, is_bfloat16
 from ._types import Reduction
 
 __all__ = ["CrossEntropyLoss", "cross_entropy", "linear_cross_entropy",
@@ -144,7 +150,7 @@ def _loss_tensor(loss):
     # fastxent returns a NumPy scalar (mean/sum) or a freshly allocated array (none): wrap it
     # without a copy (np.asarray turns the scalar into a writable 0-d array).
     loss = np.asarray(loss)
-    if loss.dtype.name == "bfloat16":
+    if is_bfloat16(loss.dtype):
         return torch.from_numpy(loss.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(loss)
 
@@ -494,9 +500,16 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 
 def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
                    grad_in_forward, inplace, use_ops, z_loss=0.0, softcap=None,
-                   return_z_loss=False, return_accuracy=False):
+                   return_z_loss=False, return_accuracy=False, fast_path=True):
     """use_ops: go through the custom ops (what torch.compile sees) instead of the eager
-    autograd.Function; the tests run both."""
+    autograd.Function; fast_path=False keeps plain calls off _torch_fast. The tests run all."""
+    if (fast_path and weight is None and ignore_index == -100 and label_smoothing == 0.0 and not z_loss
+            and softcap is None and not return_z_loss and not return_accuracy and not inplace
+            and not grad_in_forward and not use_ops and isinstance(input, torch.Tensor)
+            and isinstance(target, torch.Tensor)):
+        loss = _torch_fast.cross_entropy(input, target, reduction)
+        if loss is not None:
+            return loss
     _check_args(input, target, weight, reduction)
     if weight is not None:
         # fastxent reads weights as float64 anyway; NumPy has no bfloat16 to view them as.
@@ -609,6 +622,9 @@ class CrossEntropyLoss(torch.nn.Module):
 from ._torch_bce import BCEWithLogitsLoss, binary_cross_entropy_with_logits  # noqa: E402
 
 __all__ += ["BCEWithLogitsLoss", "binary_cross_entropy_with_logits"]
+
+# The eager fast path for the common call (see its docstring).
+from . import _torch_fast  # noqa: E402
 
 # Fused linear cross-entropy and vocabulary-parallel cross-entropy live in their own modules.
 from ._linear_torch import linear_cross_entropy  # noqa: E402
