@@ -1,5 +1,6 @@
 """The peers in the same "fused" groups: PyTorch eager, torch.compile and JAX jit, each doing
-forward + backward of a mean cross-entropy on the same logits (zero-copy where possible)."""
+forward + backward of a mean cross-entropy on the same logits (zero-copy where possible), and
+fastxent's drop-ins for them (fastxent.torch through autograd, fastxent.jax under jit)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ def test_torch_eager(benchmark, case, torch_mod):
     leaf, y = fb.torch_inputs(torch, case)
     loss, grad = run(benchmark, lambda: fb.torch_step(F.cross_entropy, leaf, y), case=case)
     case.check("torch eager", loss, grad)
+
+
+def test_fastxent_torch(benchmark, case, torch_mod):
+    torch, _ = torch_mod
+    benchmark.group = group("fused", case)
+    leaf, y = fb.torch_inputs(torch, case)
+    loss, grad = run(benchmark, lambda: fb.torch_step(fb.fastxent_torch_loss, leaf, y), case=case)
+    case.check("fastxent.torch", loss, grad)
 
 
 @pytest.mark.filterwarnings(TORCH_JIT_DEPRECATION)
@@ -52,3 +61,13 @@ def test_jax_jit(benchmark, case):
     benchmark.extra_info["compile_s"] = time.perf_counter() - t0
     loss, grad = run(benchmark, lambda: fb.jax_step(vg, z, y), case=case)
     case.check("jax jit value_and_grad", loss, grad)
+
+
+def test_fastxent_jax(benchmark, case):
+    pytest.importorskip("jax")
+    benchmark.group = group("fused", case)
+    z, y = fb.jax_inputs(case)
+    vg = fb.fastxent_jax_value_and_grad()
+    fb.jax_step(vg, z, y)  # trace for this shape, off the clock
+    loss, grad = run(benchmark, lambda: fb.jax_step(vg, z, y), case=case)
+    case.check("fastxent.jax jit value_and_grad", loss, grad)

@@ -1,8 +1,9 @@
 """``python -m fastxent``: what was built, then a short benchmark.
 
 Prints fastxent.info() and runs fastxent.bench on its --quick grid with the fused cpp kernel,
-the NumPy reference and PyTorch eager (when installed). Any fastxent.bench flag is accepted and
-overrides these defaults, e.g. ``python -m fastxent --impls all --shapes 4096x32000``.
+the NumPy reference, PyTorch eager and the fastxent.torch drop-in (when PyTorch is installed).
+Any fastxent.bench flag is accepted and overrides these defaults, e.g.
+``python -m fastxent --impls all --shapes 4096x32000``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import sys
 
 from . import bench, info
 
-# --quick grid; cpp vs numpy vs torch eager. The thread-scaling lines stay (quick shapes) since
-# they show at a glance whether the threads help on this machine.
-DEFAULTS = ["--quick", "--impls", "cpp,numpy,torch"]
+# --quick grid; cpp vs numpy vs torch eager vs the fastxent.torch drop-in. The thread-scaling
+# lines stay (quick shapes) since they show at a glance whether the threads help here.
+DEFAULTS = ["--quick", "--impls", "cpp,numpy,torch,fastxent-torch"]
 
 
 def main(argv=None) -> int:

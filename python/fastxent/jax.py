@@ -10,10 +10,13 @@ return_z_loss and return_accuracy) but with the class axis *last*, as in JAX / o
 without options it equals ``optax.softmax_cross_entropy_with_integer_labels(...).mean()``.
 
 How it runs: the forward and the backward are ``jax.pure_callback`` calls into
-``fastxent.cross_entropy_forward`` / ``cross_entropy_backward`` (the arrays reach NumPy through
-DLPack, no copy on CPU). The forward keeps the per-row log-sum-exp as the residual; the backward
-turns it and the cotangent (a scalar for "mean"/"sum", one per row for "none") into the gradient
-in one read of the logits. It works under ``jax.jit``, ``jax.grad``/``jax.vjp`` and ``jax.vmap``
+``fastxent.cross_entropy_forward`` / ``cross_entropy_backward``. Under differentiation, for
+class indices and float32/float64 logits, the forward is instead one fused call
+(``cross_entropy_with_grad``) whose gradient is the residual, and the backward multiplies it by
+the cotangent (a scalar for "mean"/"sum", one per row for "none"): each callback costs copies of
+its arguments (``jax.pure_callback`` hands them over as new arrays), so one callback is cheaper
+than two. Otherwise the forward keeps the per-row log-sum-exp as the residual and the backward
+callback turns it and the cotangent into the gradient in one read of the logits. It works under ``jax.jit``, ``jax.grad``/``jax.vjp`` and ``jax.vmap``
 (the callbacks then run once per batch element, ``vmap_method="sequential"``). On an accelerator
 the arrays would be copied to the host and back: this is a CPU library.
 
@@ -101,6 +104,34 @@ def _host_backward(opts, logits, labels, weight, lse, cotangent):
     )
 
 
+def _host_fused(opts, logits, labels, weight):
+    result = fastxent.cross_entropy_with_grad(
+        logits, labels, weight=weight, return_z_loss=True, return_accuracy=opts.want_accuracy,
+        **opts.kwargs())
+    accuracy = result[3] if opts.want_accuracy else 0.0
+    return (np.asarray(result[0], dtype=logits.dtype), np.asarray(result[2], dtype=logits.dtype),
+            np.asarray(accuracy, dtype=np.float32), result[1])
+
+
+def _fuses(logits, labels):
+    """Under differentiation, the forward computes the gradient too (for a unit cotangent) and
+    the backward only scales it: one callback and one pass over the logits instead of two of
+    each (a callback copies its arguments: JAX's pure_callback hands them over as new arrays).
+    Class indices and float32/float64 logits only: probability targets need lse for their own
+    cotangent, and 16-bit gradients would be rounded twice (once here, once when scaled)."""
+    return (jnp.issubdtype(labels.dtype, jnp.integer)
+            and logits.dtype in (jnp.float32, jnp.float64))
+
+
+def _fused_call(opts, logits, labels, weight):
+    loss, _, z_term, accuracy = _result_types(opts, logits, labels)
+    types = (loss, z_term, accuracy, jax.ShapeDtypeStruct(logits.shape, logits.dtype))
+    return jax.pure_callback(
+        lambda x, y, w: _host_fused(opts, x, y, w), types, logits, labels, weight,
+        vmap_method="sequential",
+    )
+
+
 def _forward_call(opts, logits, labels, weight):
     return jax.pure_callback(
         lambda x, y, w: _host_forward(opts, x, y, w), _result_types(opts, logits, labels),
@@ -117,6 +148,9 @@ def _cross_entropy(opts, logits, labels, weight):
 
 
 def _fwd(opts, logits, labels, weight):
+    if _fuses(logits, labels):
+        loss, z_term, accuracy, grad = _fused_call(opts, logits, labels, weight)
+        return (loss, z_term, accuracy), (grad,)
     loss, lse, z_term, accuracy = _forward_call(opts, logits, labels, weight)
     return (loss, z_term, accuracy), (logits, labels, weight, lse)
 
@@ -141,6 +175,10 @@ def _target_cotangent(opts, logits, labels, weight, lse, cotangent):
 
 def _bwd(opts, residuals, cotangents):
     cotangent = cotangents[0]  # the z-loss term and accuracy are returned under stop_gradient
+    if len(residuals) == 1:  # the fused forward's gradient, for a unit cotangent
+        (grad,) = residuals
+        scale = cotangent.astype(grad.dtype)
+        return grad * (scale if scale.ndim == 0 else scale[..., None]), None, None
     logits, labels, weight, lse = residuals
     grad = jax.pure_callback(
         lambda x, y, w, s, g: _host_backward(opts, x, y, w, s, g),
