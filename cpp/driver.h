@@ -40,6 +40,7 @@ LossSums run_cross_entropy(const CeArgs& args, CeMode mode, bool want_sums = fal
 
 // out[i] = values[i] rounded once to `type` (float32, float16 or bfloat16; as the kernels round).
 void narrow_doubles(const double* values, int64_t n, DType type, void* out);
+
 void run_rowop(const RowsArgs& args, RowOp op);
 
 }  // namespace fastxent

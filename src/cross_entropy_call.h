@@ -26,7 +26,7 @@ struct CrossEntropyCall {
   double grad_output = 1.0;
   std::optional<ArrayView> grad_rows;   // (rows,) float64: grad_output per row
   std::optional<ArrayView> lse;         // (rows,): written by forward / fused, read by backward
-  std::optional<ArrayView> row_loss;    // (rows,) float64, or float32 (rounded from the doubles)
+  std::optional<ArrayView> row_loss;    // (rows,) float64, or the logits' 32/16-bit storage type
   std::optional<ArrayView> grad;        // (rows, classes), written
   int dtype_code = -1;                  // see float_dtype
   std::optional<ArrayView> targets;     // (rows, classes)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import _backends
-from .torch import _DOUBLE_BACKWARD, _is_one, _loss_tensor, _rows
+from .torch import _DOUBLE_BACKWARD, _is_one, _rows
 
 FUSED_UP_TO = 1 << 20  # logits
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -24,10 +24,15 @@ _FORWARD, _FUSED = 0, 1
 
 
 def _qualifies(input, target) -> bool:
-    return (input.dim() == 2 and input.dtype in _DTYPES and target.dtype == torch.int64
-            and target.dim() == 1 and input.device.type == "cpu" and target.device.type == "cpu"
+    return (input.dtype in _DTYPES and target.dtype == torch.int64 and input.dim() == 2
+            and target.dim() == 1 and input.is_cpu and target.is_cpu
             and input.layout == torch.strided and not input.is_neg()
             and (input.stride(1) == 1 or input.shape[1] <= 1))
+
+
+def _tensor(array):
+    # (float32 / float64 only here: no bfloat16 view needed)
+    return torch.from_numpy(np.asarray(array))
 
 
 class _FusedLoss(torch.autograd.Function):
@@ -36,11 +41,12 @@ class _FusedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, core, reduction_code):
-        grad = torch.empty(logits.shape, dtype=logits.dtype)
-        loss, _ = core.fast_cross_entropy(_FUSED, logits.detach().numpy(), labels.numpy(),
-                                          reduction_code, 1.0, grad.numpy())
+        # The kernels' entry makes the gradient array itself: cheaper than torch.empty + .numpy()
+        loss, grad = core.fast_cross_entropy(_FUSED, logits.detach().numpy(), labels.numpy(),
+                                             reduction_code, 1.0, None)
+        grad = torch.from_numpy(grad)
         ctx.save_for_backward(grad)
-        return _loss_tensor(loss)
+        return _tensor(loss)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -71,4 +77,4 @@ def cross_entropy(input, target, reduction):
                                        1.0, None)
     except (ValueError, TypeError):
         return None
-    return None if loss is None else _loss_tensor(loss)
+    return None if loss is None else _tensor(loss)

@@ -503,10 +503,10 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
                    return_z_loss=False, return_accuracy=False, fast_path=True):
     """use_ops: go through the custom ops (what torch.compile sees) instead of the eager
     autograd.Function; fast_path=False keeps plain calls off _torch_fast. The tests run all."""
-    if (fast_path and weight is None and ignore_index == -100 and label_smoothing == 0.0 and not z_loss
-            and softcap is None and not return_z_loss and not return_accuracy and not inplace
-            and not grad_in_forward and not use_ops and isinstance(input, torch.Tensor)
-            and isinstance(target, torch.Tensor)):
+    if (fast_path and weight is None and ignore_index == -100 and label_smoothing == 0.0
+            and not z_loss and softcap is None and not return_z_loss and not return_accuracy
+            and not inplace and not grad_in_forward and not use_ops
+            and isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)):
         loss = _torch_fast.cross_entropy(input, target, reduction)
         if loss is not None:
             return loss
