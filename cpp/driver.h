@@ -39,6 +39,7 @@ struct LossSums {
 LossSums run_cross_entropy(const CeArgs& args, CeMode mode, bool want_sums = false);
 
 // out[i] = values[i] rounded once to `type` (float32, float16 or bfloat16; as the kernels round).
+// float64 writes nothing: its losses are the doubles themselves.
 void narrow_doubles(const double* values, int64_t n, DType type, void* out);
 
 void run_rowop(const RowsArgs& args, RowOp op);

@@ -11,11 +11,10 @@ the general path, which also words every error."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from . import _backends
-from .torch import _DOUBLE_BACKWARD, _is_one, _rows
+from .torch import _DOUBLE_BACKWARD, _is_one, _loss_tensor, _rows
 
 FUSED_UP_TO = 1 << 20  # logits
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -30,11 +29,6 @@ def _qualifies(input, target) -> bool:
             and (input.stride(1) == 1 or input.shape[1] <= 1))
 
 
-def _tensor(array):
-    # (float32 / float64 only here: no bfloat16 view needed)
-    return torch.from_numpy(np.asarray(array))
-
-
 class _FusedLoss(torch.autograd.Function):
     """The fused forward; backward hands on the kept gradient, scaled by grad_output unless it
     is 1 (out of place: with retain_graph=True a second backward needs it unscaled)."""
@@ -46,7 +40,7 @@ class _FusedLoss(torch.autograd.Function):
                                              reduction_code, 1.0, None)
         grad = torch.from_numpy(grad)
         ctx.save_for_backward(grad)
-        return _tensor(loss)
+        return _loss_tensor(loss)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -77,4 +71,4 @@ def cross_entropy(input, target, reduction):
                                        1.0, None)
     except (ValueError, TypeError):
         return None
-    return None if loss is None else _tensor(loss)
+    return None if loss is None else _loss_tensor(loss)

@@ -16,8 +16,9 @@ class indices and float32/float64 logits, the forward is instead one fused call
 the cotangent (a scalar for "mean"/"sum", one per row for "none"): each callback costs copies of
 its arguments (``jax.pure_callback`` hands them over as new arrays), so one callback is cheaper
 than two. Otherwise the forward keeps the per-row log-sum-exp as the residual and the backward
-callback turns it and the cotangent into the gradient in one read of the logits. It works under ``jax.jit``, ``jax.grad``/``jax.vjp`` and ``jax.vmap``
-(the callbacks then run once per batch element, ``vmap_method="sequential"``). On an accelerator
+callback turns it and the cotangent into the gradient in one read of the logits. It works under
+``jax.jit``, ``jax.grad``/``jax.vjp`` and ``jax.vmap`` (the callbacks then run once per batch
+element, ``vmap_method="sequential"``). On an accelerator
 the arrays would be copied to the host and back: this is a CPU library.
 
 float32, float16 and bfloat16, and float64 when ``jax_enable_x64`` is on, run natively (16-bit
@@ -88,14 +89,19 @@ def _result_types(opts, logits, labels):
             jax.ShapeDtypeStruct((), jnp.float32))
 
 
+def _host_results(opts, dtype, result, extra_at):
+    """(loss, z-loss term, accuracy) of a fastxent result tuple whose z-loss term is at
+    extra_at, as pure_callback insists: exactly the promised dtypes, NumPy arrays not scalars."""
+    accuracy = result[extra_at + 1] if opts.want_accuracy else 0.0
+    return (np.asarray(result[0], dtype=dtype), np.asarray(result[extra_at], dtype=dtype),
+            np.asarray(accuracy, dtype=np.float32))
+
+
 def _host_forward(opts, logits, labels, weight):
     result = fastxent.cross_entropy_forward(logits, labels, weight=weight, return_z_loss=True,
                                             return_accuracy=opts.want_accuracy, **opts.kwargs())
-    accuracy = result[3] if opts.want_accuracy else 0.0
-    # pure_callback insists on exactly the promised dtypes (and NumPy arrays, not scalars).
-    return (np.asarray(result[0], dtype=logits.dtype),
-            np.asarray(result[1], dtype=_lse_dtype(logits.dtype)),
-            np.asarray(result[2], dtype=logits.dtype), np.asarray(accuracy, dtype=np.float32))
+    loss, z_term, accuracy = _host_results(opts, logits.dtype, result, 2)
+    return loss, np.asarray(result[1], dtype=_lse_dtype(logits.dtype)), z_term, accuracy
 
 
 def _host_backward(opts, logits, labels, weight, lse, cotangent):
@@ -108,9 +114,7 @@ def _host_fused(opts, logits, labels, weight):
     result = fastxent.cross_entropy_with_grad(
         logits, labels, weight=weight, return_z_loss=True, return_accuracy=opts.want_accuracy,
         **opts.kwargs())
-    accuracy = result[3] if opts.want_accuracy else 0.0
-    return (np.asarray(result[0], dtype=logits.dtype), np.asarray(result[2], dtype=logits.dtype),
-            np.asarray(accuracy, dtype=np.float32), result[1])
+    return (*_host_results(opts, logits.dtype, result, 2), result[1])
 
 
 def _fuses(logits, labels):
@@ -123,20 +127,20 @@ def _fuses(logits, labels):
             and logits.dtype in (jnp.float32, jnp.float64))
 
 
+def _host_call(host, opts, types, logits, labels, weight):
+    return jax.pure_callback(lambda x, y, w: host(opts, x, y, w), types, logits, labels, weight,
+                             vmap_method="sequential")
+
+
 def _fused_call(opts, logits, labels, weight):
     loss, _, z_term, accuracy = _result_types(opts, logits, labels)
     types = (loss, z_term, accuracy, jax.ShapeDtypeStruct(logits.shape, logits.dtype))
-    return jax.pure_callback(
-        lambda x, y, w: _host_fused(opts, x, y, w), types, logits, labels, weight,
-        vmap_method="sequential",
-    )
+    return _host_call(_host_fused, opts, types, logits, labels, weight)
 
 
 def _forward_call(opts, logits, labels, weight):
-    return jax.pure_callback(
-        lambda x, y, w: _host_forward(opts, x, y, w), _result_types(opts, logits, labels),
-        logits, labels, weight, vmap_method="sequential",
-    )
+    return _host_call(_host_forward, opts, _result_types(opts, logits, labels), logits, labels,
+                      weight)
 
 
 # opts (argument 0) selects the kernel: static, hashable, not differentiated.
