@@ -57,21 +57,58 @@ constexpr double kTinyWeight = 1.401298464324817e-45;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Four independent vector accumulators (latency hiding) plus the scalar tail.
+// Four independent vector accumulators (latency hiding) plus scalar ones for the tail (and for
+// every term on the scalar ISA, whose "vector" is one element). Scalar terms and, at the end,
+// the vector lanes are added in double with each add's rounding error carried along (TwoSum):
+// a short row that is mostly tail (C < 16 with AVX-512) otherwise adds its terms one by one
+// onto a sum near 1, each add rounding by up to half an ulp (7.5 ulp of float softmax at C = 8,
+// 5 in double at C = 15). total() is once per block of kBlock terms, so its cost is small.
 template <class S>
 struct Accum {
   using V = typename VecFor<S>::type;
   V lanes[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)};
-  S tail = 0;
+  double tail[4] = {0, 0, 0, 0}, tail_err[4] = {0, 0, 0, 0};
+
+  // sum += x, err += the rounding error of that add (exact for finite values).
+  static void two_sum(double& sum, double& err, double x) {
+    const double next = sum + x, x_part = next - sum;
+    err += (sum - (next - x_part)) + (x - x_part);
+    sum = next;
+  }
   template <class VV>
   void add(VV v, int k) {
-    if constexpr (std::is_same_v<VV, V>) {
+    if constexpr (std::is_same_v<VV, V> && V::width > 1) {
       lanes[k] = lanes[k] + v;
     } else {
-      tail += v.v;
+      two_sum(tail[k], tail_err[k], double(v.v));
     }
   }
-  S total() const { return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])).hsum() + tail; }
+  double total() const {
+    double sums[4], errs[4];
+    for (int k = 0; k < 4; ++k) {
+      sums[k] = tail[k];
+      errs[k] = tail_err[k];
+    }
+    if constexpr (V::width > 1) {
+      if constexpr (sizeof(S) == 4) {
+        // float lanes: their tree sum (in float, within an ulp or two), added once.
+        two_sum(sums[0], errs[0], double(((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])).hsum()));
+      } else {
+        // double lanes: every lane into four independent chains (short dependency chains).
+        alignas(64) S lane[4][V::width];
+        for (int k = 0; k < 4; ++k) lanes[k].store(lane[k]);
+        for (int l = 0; l < V::width; ++l)
+          for (int k = 0; k < 4; ++k) two_sum(sums[k], errs[k], double(lane[k][l]));
+      }
+    }
+    double sum = sums[0], err = errs[0];
+    for (int k = 1; k < 4; ++k) {
+      two_sum(sum, err, sums[k]);
+      err += errs[k];
+    }
+    // An inf term makes the error NaN (inf - inf): the sum is then inf (or NaN) as it stands.
+    return sum - sum == 0 ? sum + err : sum;
+  }
 };
 
 // Calls f(vector, offset, accumulator index) over [0, n): four vectors at a time, then one,

@@ -273,11 +273,16 @@ void compare(const std::string& isa, Inputs& in, const Outputs& want, const Outp
     const Tol rt = c.dtype == DType::f64 || c.dtype == DType::f32 ? gt : grad_tol(c.dtype);
     expect(close(want.rows_lse.get(i), got.rows_lse.get(i), c.dtype == DType::f64 ? lt : (c.dtype == DType::f32 ? st : gt)),
            isa, c, "logsumexp", i, want.rows_lse.get(i), got.rows_lse.get(i));
+    // With smoothing, grad_j = p_j alpha - beta w_j can cancel to far below beta: then a float
+    // rounding of beta's size (the row sum added in another order) is all the difference, which a
+    // 16-bit result shows as a few units. (beta = grad scale x eps / C, weights below 2.25.)
+    const double row_scale = 0.75 * (c.per_row_grad ? std::fabs(in.grad_rows[k]) : 1.0);
+    const Tol rgt = {gt.rtol, std::fmax(gt.atol, 1e-6 * row_scale * c.smoothing / double(c.classes) * 2.25)};
     for (int64_t j = 0; j < c.classes; ++j) {
       const int64_t g = i * (c.classes + 1) + j, o = i * c.classes + j;
-      expect(close(want.grad_fused.get(g), got.grad_fused.get(g), gt), isa, c, "fused grad", g,
+      expect(close(want.grad_fused.get(g), got.grad_fused.get(g), rgt), isa, c, "fused grad", g,
              want.grad_fused.get(g), got.grad_fused.get(g));
-      expect(close(want.grad_back.get(g), got.grad_back.get(g), gt), isa, c, "backward grad", g,
+      expect(close(want.grad_back.get(g), got.grad_back.get(g), rgt), isa, c, "backward grad", g,
              want.grad_back.get(g), got.grad_back.get(g));
       expect(close(want.rows_softmax.get(o), got.rows_softmax.get(o), rt), isa, c, "softmax", o,
              want.rows_softmax.get(o), got.rows_softmax.get(o));
