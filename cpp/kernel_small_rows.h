@@ -36,21 +36,46 @@ inline void transpose_square(V* r) {
 }
 
 template <class V, class = void>
-struct HasOddColumns : std::false_type {};
+struct HasColumns : std::false_type {};
 template <class V>
-struct HasOddColumns<V, std::void_t<decltype(V::has_odd_columns)>> : std::true_type {};
+struct HasColumns<V, std::void_t<decltype(V::has_columns(1))>> : std::true_type {};
 
-// Contiguous rows of an odd number of classes (below the width) move between memory and
-// columns without a transpose (V::load_columns / store_columns, odd_columns.h). False: not here.
+// Contiguous rows of C classes that V moves between memory and columns without a transpose
+// (V::has_columns(C), V::load_columns / store_columns: AVX2's blends for odd C below 8,
+// AVX-512's permutes for C <= 8). False: not for this C, stride or V.
+template <class V, int C>
+FX_ALWAYS_INLINE bool load_columns_of(const typename V::scalar* src, V* cols) {
+  if constexpr (V::has_columns(C)) {
+    V::template load_columns<C>(src, cols);
+    return true;
+  } else {
+    return false;
+  }
+}
+
+template <class V, int C>
+FX_ALWAYS_INLINE bool store_columns_of(const V* cols, typename V::scalar* dst) {
+  if constexpr (V::has_columns(C)) {
+    V::template store_columns<C>(cols, dst);
+    return true;
+  } else {
+    return false;
+  }
+}
+
 template <class V>
-FX_ALWAYS_INLINE bool load_odd_columns(int C, const typename V::scalar* src, int64_t stride, V* cols) {
-  if constexpr (HasOddColumns<V>::value) {
+FX_ALWAYS_INLINE bool load_row_columns(int C, const typename V::scalar* src, int64_t stride, V* cols) {
+  if constexpr (HasColumns<V>::value) {
     if (stride == C) {
       switch (C) {
-        case 1: V::template load_columns<1>(src, cols); return true;
-        case 3: V::template load_columns<3>(src, cols); return true;
-        case 5: V::template load_columns<5>(src, cols); return true;
-        case 7: V::template load_columns<7>(src, cols); return true;
+        case 1: return load_columns_of<V, 1>(src, cols);
+        case 2: return load_columns_of<V, 2>(src, cols);
+        case 3: return load_columns_of<V, 3>(src, cols);
+        case 4: return load_columns_of<V, 4>(src, cols);
+        case 5: return load_columns_of<V, 5>(src, cols);
+        case 6: return load_columns_of<V, 6>(src, cols);
+        case 7: return load_columns_of<V, 7>(src, cols);
+        case 8: return load_columns_of<V, 8>(src, cols);
         default: break;
       }
     }
@@ -59,14 +84,18 @@ FX_ALWAYS_INLINE bool load_odd_columns(int C, const typename V::scalar* src, int
 }
 
 template <class V>
-FX_ALWAYS_INLINE bool store_odd_columns(int C, const V* cols, typename V::scalar* dst, int64_t stride) {
-  if constexpr (HasOddColumns<V>::value) {
+FX_ALWAYS_INLINE bool store_row_columns(int C, const V* cols, typename V::scalar* dst, int64_t stride) {
+  if constexpr (HasColumns<V>::value) {
     if (stride == C) {
       switch (C) {
-        case 1: V::template store_columns<1>(cols, dst); return true;
-        case 3: V::template store_columns<3>(cols, dst); return true;
-        case 5: V::template store_columns<5>(cols, dst); return true;
-        case 7: V::template store_columns<7>(cols, dst); return true;
+        case 1: return store_columns_of<V, 1>(cols, dst);
+        case 2: return store_columns_of<V, 2>(cols, dst);
+        case 3: return store_columns_of<V, 3>(cols, dst);
+        case 4: return store_columns_of<V, 4>(cols, dst);
+        case 5: return store_columns_of<V, 5>(cols, dst);
+        case 6: return store_columns_of<V, 6>(cols, dst);
+        case 7: return store_columns_of<V, 7>(cols, dst);
+        case 8: return store_columns_of<V, 8>(cols, dst);
         default: break;
       }
     }
@@ -202,7 +231,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         src = logits + i * logits_stride;
         src_stride = logits_stride;
       }
-      if (!load_odd_columns(C, src, src_stride, cols)) {
+      if (!load_row_columns(C, src, src_stride, cols)) {
         for (int b = 0; b < blocks; ++b) {
           V* r = cols + b * W;
           if (b + 1 < blocks) {  // a whole block
@@ -287,7 +316,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         // -label_coef rest / s + smooth_coef (W p_y - w_y); 0 in ignored rows (even NaN rows).
         const V g = grad_rows ? V::load(g_b + k) : V::set1(S(grad_scale));
         const V label_coef = g * V::set1(keep_label) * wy;
-        V inv_s = one / s, one_minus_py = rest;  // times inv_s
+        V inv_s = vrecip(s), one_minus_py = rest;  // times inv_s
         if constexpr (kMode == CeMode::backward) {
           // The label's p_y renormalised only where the lse is the forward's (sum_is_one).
           const V lse = V::load(lse_io + i), deviation = s - one;
@@ -336,7 +365,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
           dst = grad + i * grad_stride;
           dst_stride = grad_stride;
         }
-        if (store_odd_columns(C, cols, dst, dst_stride)) {
+        if (store_row_columns(C, cols, dst, dst_stride)) {
           // stored by blends and permutes
         } else if (last_block_of_two<V>(C)) {
           // The other blocks are whole: rows of plain stores.

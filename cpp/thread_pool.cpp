@@ -2,12 +2,16 @@
 
 #include "portable.h"
 
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
+#include <immintrin.h>  // _mm_pause
+#endif
 #if !FASTXENT_MSVC
 #include <pthread.h>  // pthread_atfork (Windows has no fork)
 #include <sched.h>
 #endif
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <cstdlib>
@@ -39,6 +43,38 @@ int default_num_threads() {
   return n ? int(n) : 1;
 }
 
+// A hint to the core that this thread is spinning (x86 pause, Arm yield).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
+  _mm_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+// Spins until ready() or `micros` have passed; true when ready. The clock is read once per 64
+// checks.
+template <class Ready>
+bool spin_until(Ready&& ready, int64_t micros) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (int i = 1;; ++i) {
+    if (ready()) return true;
+    cpu_relax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) return ready();
+  }
+}
+
+// Waking a sleeping thread costs 40 us on the KVM machines here (an empty two-thread call
+// took 83 us: the caller waited for the worker to wake, then was woken itself), more than a
+// whole call on 65536 x 3 logits. So:
+// - a call is over when its tasks are (a counter), not when every worker has woken: a worker
+//   that wakes after the caller has done all the tasks finds none;
+// - the caller spins while the last tasks finish, and workers spin this long after a call
+//   before they sleep, so that back-to-back calls find them awake (OpenMP runtimes do the same:
+//   libgomp spins for a while by default, Intel's for 200 ms).
+constexpr int64_t kWorkerSpinMicros = 100;
+constexpr int64_t kCallerSpinMicros = 2000;
+
 class Pool {
  public:
   explicit Pool(int threads) : threads_(threads) {
@@ -47,7 +83,7 @@ class Pool {
   ~Pool() {
     {
       std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
+      stop_.store(true);
     }
     start_cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -60,37 +96,67 @@ class Pool {
       for (int64_t k = 0; k < n_tasks; ++k) task(k);
       return;
     }
+    bool wake = false;
     {
       std::lock_guard<std::mutex> lk(mu_);
       task_ = &task;
       n_tasks_ = n_tasks;
       next_.store(0);
-      pending_ = int(workers_.size());
-      ++generation_;
+      finished_.store(0);
+      generation_.fetch_add(1, std::memory_order_release);
+      wake = sleeping_ > 0;
     }
-    start_cv_.notify_all();
-    drain();
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
-    task_ = nullptr;
+    if (wake) start_cv_.notify_all();  // (spinning workers see the generation change)
+    drain(task, n_tasks);
+    // The tasks' writes are visible once finished_ (release per task) reads n_tasks.
+    const auto all_done = [&] { return finished_.load(std::memory_order_acquire) == n_tasks; };
+    if (!spin_until(all_done, kCallerSpinMicros)) {
+      std::unique_lock<std::mutex> lk(mu_);
+      caller_waiting_ = true;
+      done_cv_.wait(lk, all_done);
+      caller_waiting_ = false;
+    }
+    // Close the call; workers that joined it are leaving drain() (no task left) and must be out
+    // before the next call resets next_.
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      task_ = nullptr;
+    }
+    while (active_.load(std::memory_order_acquire) != 0) cpu_relax();
   }
 
  private:
-  void drain() {
-    for (int64_t k; (k = next_.fetch_add(1)) < n_tasks_;) (*task_)(k);
+  void drain(const std::function<void(int64_t)>& task, int64_t n_tasks) {
+    for (int64_t k; (k = next_.fetch_add(1)) < n_tasks;) {
+      task(k);
+      if (finished_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_tasks) {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (caller_waiting_) done_cv_.notify_one();
+      }
+    }
   }
   void worker_loop() {
     uint64_t seen = 0;
     for (;;) {
-      {
-        std::unique_lock<std::mutex> lk(mu_);
-        start_cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
+      const auto called = [&] {
+        return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+      };
+      spin_until(called, kWorkerSpinMicros);
+      std::unique_lock<std::mutex> lk(mu_);
+      if (!called()) {
+        ++sleeping_;
+        start_cv_.wait(lk, called);
+        --sleeping_;
       }
-      drain();
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (stop_.load()) return;
+      seen = generation_.load();
+      if (task_ == nullptr) continue;  // that call is over already
+      const std::function<void(int64_t)>* task = task_;
+      const int64_t n_tasks = n_tasks_;
+      active_.fetch_add(1);
+      lk.unlock();
+      drain(*task, n_tasks);
+      active_.fetch_sub(1, std::memory_order_release);
     }
   }
 
@@ -98,12 +164,16 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex run_mu_, mu_;
   std::condition_variable start_cv_, done_cv_;
+  // Under mu_: the running call (task_ null between calls), sleepers, a caller asleep.
   const std::function<void(int64_t)>* task_ = nullptr;
   int64_t n_tasks_ = 0;
-  std::atomic<int64_t> next_{0};
-  int pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  int sleeping_ = 0;
+  bool caller_waiting_ = false;
+  // Written under mu_, read by spinning workers without it.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> next_{0}, finished_{0};
+  std::atomic<int> active_{0};  // workers inside drain()
 };
 
 std::mutex g_pool_mu;

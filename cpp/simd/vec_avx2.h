@@ -120,7 +120,7 @@ struct VecF {
   }
   // 8 contiguous rows of C classes (C odd, below 8) to and from column order: cols[j] lane l
   // is p[l * C + j]. C loads or stores, C permutes and C (C - 1) blends (odd_columns.h).
-  static constexpr bool has_odd_columns = true;
+  static constexpr bool has_columns(int C) { return C % 2 == 1 && C < 8; }
   template <int C>
   FX_ALWAYS_INLINE static void load_columns(const float* p, VecF* cols) {
     __m256 rows[C];

@@ -2,6 +2,8 @@
 #pragma once
 #include <immintrin.h>
 
+#include "permute_columns.h"
+
 struct VecF {
   using scalar = float;
   static constexpr int width = 16;
@@ -39,6 +41,12 @@ struct VecF {
   friend VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
   friend VecF operator/(VecF a, VecF b) { return {_mm512_div_ps(a.v, b.v)}; }
   friend VecF fmadd(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  // 1 / x for positive normal x (vrecip in vlog.h): a 14-bit estimate and one Newton step,
+  // r + r (1 - x r), within an ulp.
+  static VecF recip(VecF x) {
+    const __m512 r = _mm512_rcp14_ps(x.v);
+    return {_mm512_fmadd_ps(r, _mm512_fnmadd_ps(x.v, r, _mm512_set1_ps(1.0f)), r)};
+  }
   friend VecF vmax(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
   friend VecF vmin(VecF a, VecF b) { return {_mm512_min_ps(a.v, b.v)}; }
   friend VecF zero_below(VecF x, VecF lo, VecF res) {
@@ -47,9 +55,7 @@ struct VecF {
   float hsum() const { return _mm512_reduce_add_ps(v); }
   float hmax() const { return _mm512_reduce_max_ps(v); }
   bool any_nan() const { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
-  // Masks and lane selection, for rows held one per lane (see vec_avx2.h). No transpose here:
-  // the kernel body's generic one through memory is used (this ISA cannot be run on the
-  // project's test machines, so it gets the simplest code).
+  // Masks and lane selection, for rows held one per lane (see vec_avx2.h).
   using mask = __mmask16;
   friend mask veq(VecF a, VecF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ); }
   friend mask vlt(VecF a, VecF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
@@ -60,6 +66,60 @@ struct VecF {
     return {_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p)};
   }
   void store_first(float* p, int n) const { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v); }
+  // 16 x 16 transpose: r[i] lane j <-> r[j] lane i. Pairs of rows interleaved (as floats,
+  // then as doubles) within 128-bit lanes, then the 128-bit lanes moved twice: 64 shuffles.
+  FX_ALWAYS_INLINE static void transpose(VecF* r) {
+    __m512 a[16], b[16];
+    for (int k = 0; k < 8; ++k) {
+      a[2 * k] = _mm512_unpacklo_ps(r[2 * k].v, r[2 * k + 1].v);
+      a[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k].v, r[2 * k + 1].v);
+    }
+    // b[4m + c], 128-bit lane L: rows 4m .. 4m + 3 at class 4L + c.
+    for (int m = 0; m < 4; ++m) {
+      const __m512d lo = _mm512_castps_pd(a[4 * m]), hi = _mm512_castps_pd(a[4 * m + 1]);
+      const __m512d lo2 = _mm512_castps_pd(a[4 * m + 2]), hi2 = _mm512_castps_pd(a[4 * m + 3]);
+      b[4 * m] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, lo2));
+      b[4 * m + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, lo2));
+      b[4 * m + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi, hi2));
+      b[4 * m + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi, hi2));
+    }
+    // Class 4L + c takes lane L of b[c], b[4 + c], b[8 + c], b[12 + c].
+    for (int c = 0; c < 4; ++c) {
+      const __m512 d0 = _mm512_shuffle_f32x4(b[c], b[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+      const __m512 d1 = _mm512_shuffle_f32x4(b[c], b[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+      const __m512 d2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+      const __m512 d3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+      r[c].v = _mm512_shuffle_f32x4(d0, d2, _MM_SHUFFLE(2, 0, 2, 0));
+      r[4 + c].v = _mm512_shuffle_f32x4(d0, d2, _MM_SHUFFLE(3, 1, 3, 1));
+      r[8 + c].v = _mm512_shuffle_f32x4(d1, d3, _MM_SHUFFLE(2, 0, 2, 0));
+      r[12 + c].v = _mm512_shuffle_f32x4(d1, d3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+  }
+  // 16 contiguous rows of C <= 8 classes to and from column order: cols[j] lane l is
+  // p[l * C + j]. C loads or stores and C (C - 1) permutes (permute_columns.h).
+  static constexpr bool has_columns(int C) { return C >= 1 && C <= 8; }
+  template <int C>
+  FX_ALWAYS_INLINE static void load_columns(const float* p, VecF* cols) {
+    constexpr const PermuteColumns<C>& t = kPermuteColumns<C>;
+    __m512 rows[C];
+    for (int s = 0; s < C; ++s) rows[s] = _mm512_loadu_ps(p + 16 * s);
+    for (int j = 0; j < C; ++j) {
+      const __m512i index = _mm512_loadu_si512(t.column_index[j]);
+      __m512 col = C == 1 ? rows[0] : _mm512_permutex2var_ps(rows[0], index, rows[C > 1 ? 1 : 0]);
+      for (int s = 2; s < C; ++s) col = _mm512_mask_permutexvar_ps(col, t.column_mask[j][s], index, rows[s]);
+      cols[j].v = col;
+    }
+  }
+  template <int C>
+  FX_ALWAYS_INLINE static void store_columns(const VecF* cols, float* p) {
+    constexpr const PermuteColumns<C>& t = kPermuteColumns<C>;
+    for (int v = 0; v < C; ++v) {
+      const __m512i index = _mm512_loadu_si512(t.row_index[v]);
+      __m512 out = C == 1 ? cols[0].v : _mm512_permutex2var_ps(cols[0].v, index, cols[C > 1 ? 1 : 0].v);
+      for (int j = 2; j < C; ++j) out = _mm512_mask_permutexvar_ps(out, t.row_mask[v][j], index, cols[j].v);
+      _mm512_storeu_ps(p + 16 * v, out);
+    }
+  }
   static void split_exponent(VecF x, VecF& mant, VecF& expo) {
     expo.v = _mm512_getexp_ps(x.v);
     mant.v = _mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
@@ -114,6 +174,26 @@ struct VecD {
     return {_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p)};
   }
   void store_first(double* p, int n) const { _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), v); }
+  // 8 x 8 transpose: r[i] lane j <-> r[j] lane i. Pairs of rows interleaved within 128-bit
+  // lanes, then the 128-bit lanes moved twice: 24 shuffles.
+  FX_ALWAYS_INLINE static void transpose(VecD* r) {
+    __m512d a[8];
+    for (int k = 0; k < 4; ++k) {  // a[2k + c], 128-bit lane L: rows 2k, 2k + 1 at class 2L + c
+      a[2 * k] = _mm512_unpacklo_pd(r[2 * k].v, r[2 * k + 1].v);
+      a[2 * k + 1] = _mm512_unpackhi_pd(r[2 * k].v, r[2 * k + 1].v);
+    }
+    // Class 2L + c takes lane L of a[c], a[2 + c], a[4 + c], a[6 + c].
+    for (int c = 0; c < 2; ++c) {
+      const __m512d d0 = _mm512_shuffle_f64x2(a[c], a[2 + c], _MM_SHUFFLE(1, 0, 1, 0));
+      const __m512d d1 = _mm512_shuffle_f64x2(a[c], a[2 + c], _MM_SHUFFLE(3, 2, 3, 2));
+      const __m512d d2 = _mm512_shuffle_f64x2(a[4 + c], a[6 + c], _MM_SHUFFLE(1, 0, 1, 0));
+      const __m512d d3 = _mm512_shuffle_f64x2(a[4 + c], a[6 + c], _MM_SHUFFLE(3, 2, 3, 2));
+      r[c].v = _mm512_shuffle_f64x2(d0, d2, _MM_SHUFFLE(2, 0, 2, 0));
+      r[2 + c].v = _mm512_shuffle_f64x2(d0, d2, _MM_SHUFFLE(3, 1, 3, 1));
+      r[4 + c].v = _mm512_shuffle_f64x2(d1, d3, _MM_SHUFFLE(2, 0, 2, 0));
+      r[6 + c].v = _mm512_shuffle_f64x2(d1, d3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+  }
   static void split_exponent(VecD x, VecD& mant, VecD& expo) {
     expo.v = _mm512_getexp_pd(x.v);
     mant.v = _mm512_getmant_pd(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
