@@ -316,7 +316,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         // -label_coef rest / s + smooth_coef (W p_y - w_y); 0 in ignored rows (even NaN rows).
         const V g = grad_rows ? V::load(g_b + k) : V::set1(S(grad_scale));
         const V label_coef = g * V::set1(keep_label) * wy;
-        V inv_s = vrecip(s), one_minus_py = rest;  // times inv_s
+        V inv_s = one / s, one_minus_py = rest;  // times inv_s
         if constexpr (kMode == CeMode::backward) {
           // The label's p_y renormalised only where the lse is the forward's (sum_is_one).
           const V lse = V::load(lse_io + i), deviation = s - one;

@@ -4,23 +4,6 @@
 // Included inside an ISA namespace, after the vector types.
 #pragma once
 
-// 1 / x for x positive and normal, or NaN (NaN out): V::recip where the ISA has an estimate
-// cheaper than a division (AVX-512 float: vdivps zmm issues once per 10-16 cycles, and a
-// 16-row group of small rows needed two), else a division.
-template <class V, class = void>
-struct HasRecip : std::false_type {};
-template <class V>
-struct HasRecip<V, std::void_t<decltype(V::recip(V{}))>> : std::true_type {};
-
-template <class V>
-FX_ALWAYS_INLINE V vrecip(V x) {
-  if constexpr (HasRecip<V>::value) {
-    return V::recip(x);
-  } else {
-    return V::set1(typename V::scalar(1)) / x;
-  }
-}
-
 template <class V>
 FX_ALWAYS_INLINE V vlog(V x) {
   using S = typename V::scalar;
@@ -29,7 +12,7 @@ FX_ALWAYS_INLINE V vlog(V x) {
   V mant, expo;
   V::split_exponent(x, mant, expo);
   const V one = V::set1(S(1));
-  V u = (mant - one) * vrecip(mant + one);
+  V u = (mant - one) * (one / (mant + one));
   V u2 = u * u;
   V series = V::set1(S(1.0 / (2 * kTerms - 1)));
   for (int k = kTerms - 2; k >= 0; --k) series = fmadd(series, u2, V::set1(S(1.0 / (2 * k + 1))));

@@ -41,12 +41,6 @@ struct VecF {
   friend VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
   friend VecF operator/(VecF a, VecF b) { return {_mm512_div_ps(a.v, b.v)}; }
   friend VecF fmadd(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
-  // 1 / x for positive normal x (vrecip in vlog.h): a 14-bit estimate and one Newton step,
-  // r + r (1 - x r), within an ulp.
-  static VecF recip(VecF x) {
-    const __m512 r = _mm512_rcp14_ps(x.v);
-    return {_mm512_fmadd_ps(r, _mm512_fnmadd_ps(x.v, r, _mm512_set1_ps(1.0f)), r)};
-  }
   friend VecF vmax(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
   friend VecF vmin(VecF a, VecF b) { return {_mm512_min_ps(a.v, b.v)}; }
   friend VecF zero_below(VecF x, VecF lo, VecF res) {
