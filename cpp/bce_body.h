@@ -50,7 +50,7 @@ double bce_range_t(const BceArgs& a, int64_t e0, int64_t e1) {
         const V tv = V::load(t + o + j);
         const V wv = V::load(ws + b0 + j);
         const V pv = V::load(pws + b0 + j);
-        const V e = vexp(vmin(xv, zero - xv));  // exp(-|x|); vmin passes a NaN x through
+        const V e = vexp<V, true>(vmin(xv, zero - xv));  // exp(-|x|); vmin passes a NaN x through
         const V a_coef = pv * tv;               // multiplies max(-x, 0)
         const V b_coef = one - tv;              // multiplies max(x, 0)
         const V lw = fmadd(pv - one, tv, one);

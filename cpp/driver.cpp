@@ -274,11 +274,35 @@ LabelError::LabelError(int64_t row, int64_t value, int64_t classes, int64_t igno
       row(row),
       value(value) {}
 
+// Below this many labels the check runs on the calling thread alone.
+constexpr int64_t kMinParallelLabels = 1 << 15;
+
+// count(r0, r1): the kept labels of [r0, r1), or -1 when one is bad; split across the threads
+// for long calls (the check runs before the kernels, on the calling thread: 10-15 us of a 65536-row
+// call with few classes).
+template <class Count>
+int64_t count_kept_split(int64_t n, Count&& count) {
+  const int threads = get_num_threads();
+  if (threads == 1 || n < kMinParallelLabels) return count(0, n);
+  const int64_t tasks = threads;
+  std::vector<int64_t> kept(size_t(tasks), 0);
+  parallel_run(tasks, [&](int64_t k) { kept[size_t(k)] = count(n * k / tasks, n * (k + 1) / tasks); });
+  int64_t total = 0;
+  for (const int64_t part : kept) {
+    if (part < 0) return -1;
+    total += part;
+  }
+  return total;
+}
+
 int64_t read_labels(const void* data, IntType type, int64_t n, int64_t stride, int64_t classes,
                     int64_t ignore_index, int64_t* out) {
   if (type == IntType::i32 && stride == 1) {  // JAX's default: the vectorised check first
-    const int64_t kept = active_table().widen_kept_labels(static_cast<const int32_t*>(data), n, classes,
-                                                          ignore_index, out);
+    const KernelTable& table = active_table();
+    const int32_t* labels = static_cast<const int32_t*>(data);
+    const int64_t kept = count_kept_split(n, [&](int64_t r0, int64_t r1) {
+      return table.widen_kept_labels(labels + r0, r1 - r0, classes, ignore_index, out + r0);
+    });
     if (kept >= 0) return kept;
   }
   switch (type) {
@@ -307,7 +331,10 @@ double target_weight_sum(const int64_t* labels, int64_t n, int64_t ignore_index,
 }
 
 int64_t check_labels(const int64_t* labels, int64_t n, int64_t classes, int64_t ignore_index) {
-  const int64_t kept = active_table().count_kept_labels(labels, n, classes, ignore_index);
+  const KernelTable& table = active_table();
+  const int64_t kept = count_kept_split(n, [&](int64_t r0, int64_t r1) {
+    return table.count_kept_labels(labels + r0, r1 - r0, classes, ignore_index);
+  });
   if (kept >= 0) return kept;
   return read_labels_t<int64_t, false>(labels, n, 1, classes, ignore_index, nullptr);  // throws
 }

@@ -209,7 +209,7 @@ inline BlockSums exp_block(const T* x, compute_t<T>* out, int64_t n, compute_t<T
     }
     if constexpr (VV::width > 1) FX_PREFETCH(reinterpret_cast<const char*>(x + j) + kPrefetchBytes);
     VV shifted = VV::load(x + j) - shift;
-    VV e = vexp(shifted);
+    VV e = vexp<VV, true>(shifted);
     if constexpr (kStore) e.store(out + j);
     acc_s.add(e, k);
     if constexpr (kSmooth) {

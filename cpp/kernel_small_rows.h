@@ -129,6 +129,21 @@ FX_ALWAYS_INLINE void store_two_columns(const V* cols, typename V::scalar* dst, 
   if constexpr (HasTwoColumns<V>::value) V::store_two_columns(cols, dst, stride);
 }
 
+template <class V, class = void>
+struct HasAddUnless : std::false_type {};
+template <class V>
+struct HasAddUnless<V, std::void_t<decltype(V::add_unless(typename V::mask{}, V{}, V{}))>> : std::true_type {};
+
+// acc + x in the lanes where m is clear, acc where it is set (AVX-512: one masked add).
+template <class V>
+FX_ALWAYS_INLINE V add_unless(typename V::mask m, V acc, V x) {
+  if constexpr (HasAddUnless<V>::value) {
+    return V::add_unless(m, acc, x);
+  } else {
+    return acc + vselect(m, V::set1(typename V::scalar(0)), x);
+  }
+}
+
 // Rows are taken in batches of kSmallBatch: the per-row scalars (label, weight, gradient scale)
 // are laid out in arrays for the whole batch first, and the per-row results are written out
 // after it, so that no vector load waits for the scalar stores just made (a store-forwarding
@@ -261,10 +276,10 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
       V jv = zero;  // the class index j in every lane
       for (int j = 0; j < C; ++j, jv = jv + one) {
         const V d = cols[j] - shift;
-        const V e = vexp(d);
+        const V e = vexp<V, kMode != CeMode::backward>(d);  // (backward: the caller's lse)
         const auto is_y = veq(yf, jv);
         ey = vselect(is_y, e, ey);
-        rest = rest + vselect(is_y, zero, e);
+        rest = add_unless(is_y, rest, e);
         if constexpr (kLoss) dy = vselect(is_y, d, dy);
         if constexpr (kSmooth && kLoss) {
           const V scaled = d * V::set1(S(kSmoothSumScale));  // no float overflow near FLT_MAX

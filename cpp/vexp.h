@@ -35,7 +35,9 @@ struct HasLut8<V, decltype(void(V::has_lut8))> {
   static constexpr bool value = V::has_lut8;
 };
 
-template <class V>
+// kNonPositive: the caller's x is <= 0 or NaN (a logit less its row's max), so the overflow
+// select of the table path is left out (two of its 14 vector operations).
+template <class V, bool kNonPositive = false>
 // Always inlined: a call per vector passes the vector through memory (seen with double rows).
 FX_ALWAYS_INLINE V vexp(V x) {
   using S = typename V::scalar;
@@ -58,7 +60,12 @@ FX_ALWAYS_INLINE V vexp(V x) {
     // where s is inf, and above that the exponent carries) the answer is inf, chosen by a
     // compare: exp(88.67) is a factor 1.06 below the largest float, so finite results that close
     // to it come out inf.
-    return vselect(vlt(V::set1(88.67f), x), V::set1(S(FX_INF)), fmadd(r * scale, q, scale));
+    const V e = fmadd(r * scale, q, scale);
+    if constexpr (kNonPositive) {
+      return e;
+    } else {
+      return vselect(vlt(V::set1(88.67f), x), V::set1(S(FX_INF)), e);
+    }
   } else {
     // round(lo / ln2) = -bias: the biased exponent is 0 and 2^n reads as +0.0. Below -87.3
     // (float) / -708.4 (double) exp is subnormal; flushing it is within the accuracy bound.

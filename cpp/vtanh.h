@@ -11,7 +11,7 @@ FX_ALWAYS_INLINE V vtanh(V u) {
   constexpr bool f32 = sizeof(S) == 4;
   const V zero = V::set1(S(0)), one = V::set1(S(1)), threshold = V::set1(S(0.25));
   const V magnitude = vmax(u, zero - u);
-  const V e = vexp(magnitude * V::set1(S(-2)));
+  const V e = vexp<V, true>(magnitude * V::set1(S(-2)));
   const V far = (one - e) / (one + e);
   // far with u's sign: zero_below keeps its operand where the first argument is >= 0 (or NaN).
   const V far_signed = zero_below(u, zero, far) - zero_below(zero - u, zero, far);

@@ -119,6 +119,22 @@ def test_negative_label_that_is_not_ignore_index(backend, label_dtype, rng):
                  backend)
 
 
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("bad_row", [3, 40000, 69999])
+def test_bad_label_in_a_long_call(backend, label_dtype, bad_row, rng):
+    """Long calls check their labels on every thread (a part each): a bad label in any part is
+    named, the first one when there are several, and nothing is written."""
+    n = 70000
+    logits = rng.standard_normal((n, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, n).astype(label_dtype)
+    labels[::7] = -100
+    labels[bad_row] = 3
+    if bad_row < 69999:
+        labels[69999] = -2  # a later bad label: the first is the one named
+    expect_error(ValueError, re.escape(f"labels[{bad_row}] = 3"), "cross_entropy_with_grad",
+                 logits, labels, backend)
+
+
 def test_huge_uint64_label_is_not_ignore_index(backend, rng):
     """A uint64 label of 2**64 - 1 is out of range; it is not the value -1 (ignore_index=-1)."""
     logits = rng.standard_normal((3, C))

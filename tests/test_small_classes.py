@@ -158,3 +158,13 @@ def test_half_precision_groups(fast_backend, threads, c, rng):
         scale = gradient_scale(labels, c, **opts)
         np.testing.assert_allclose(np.asarray(loss, np.float64), want_loss, rtol=eps, atol=eps * 1e-3)
         np.testing.assert_allclose(grad.astype(np.float64), want_grad, rtol=eps, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+def test_long_call_with_ignored_rows(fast_backend, threads, label_dtype, rng):
+    """A call long enough that its labels are checked and counted in parts (one per thread) and
+    its rows run as several tasks: the mean divides by the kept rows of all the parts."""
+    n, c = 70001, 3
+    logits = make_logits(rng, (n, c), np.float32)
+    labels = make_labels(rng, (n,), c, dtype=label_dtype, ignore_index=-100, ignore_frac=0.3)
+    check_all_modes(logits, labels, fast_backend)

@@ -56,6 +56,9 @@ struct VecF {
   friend VecF vselect(mask m, VecF if_true, VecF if_false) {
     return {_mm512_mask_blend_ps(m, if_false.v, if_true.v)};
   }
+  static VecF add_unless(mask m, VecF acc, VecF x) {  // acc + x where m is clear
+    return {_mm512_mask_add_ps(acc.v, mask(~m), acc.v, x.v)};
+  }
   static VecF load_first(const float* p, int n) {
     return {_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p)};
   }
@@ -163,6 +166,9 @@ struct VecD {
   friend mask vlt(VecD a, VecD b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ); }
   friend VecD vselect(mask m, VecD if_true, VecD if_false) {
     return {_mm512_mask_blend_pd(m, if_false.v, if_true.v)};
+  }
+  static VecD add_unless(mask m, VecD acc, VecD x) {  // acc + x where m is clear
+    return {_mm512_mask_add_pd(acc.v, mask(~m), acc.v, x.v)};
   }
   static VecD load_first(const double* p, int n) {
     return {_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p)};
