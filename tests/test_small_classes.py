@@ -1,5 +1,5 @@
 """Rows of few classes (C <= 16), which the C++ kernels process one row per vector lane: whole
-groups of rows, ragged tails (N not a multiple of the lane count, batches of 256 rows), class
+groups of rows, ragged tails (N not a multiple of the lane count, batches of 64 rows), class
 counts around the vector width, strided and reversed rows, out= and inplace views, ignored
 rows, weights, smoothing and special values inside a group of rows, 16-bit logits."""
 
@@ -25,7 +25,7 @@ from test_against_reference import check_all_modes
 # transposes); 8, 16: whole vectors of float32 lanes; 9-15: a partial second column block;
 # 17: just past the small-row path.
 CLASSES = list(range(1, 18))
-# Whole groups of 4 / 8 rows, ragged tails, and more than one batch of 256 rows.
+# Whole groups of 4, 8 or 16 rows (the lanes of a vector), ragged tails, and several batches of 64 rows.
 ROWS = [8, 29, 523]
 
 
