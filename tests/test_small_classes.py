@@ -25,7 +25,7 @@ from test_against_reference import check_all_modes
 # transposes); 8, 16: whole vectors of float32 lanes; 9-15: a partial second column block;
 # 17: just past the small-row path.
 CLASSES = list(range(1, 18))
-# Whole groups of 4, 8 or 16 rows (the lanes of a vector), ragged tails, and several batches of 64 rows.
+# Whole groups of 4, 8 or 16 rows (a vector of lanes), ragged tails, several batches of 64 rows.
 ROWS = [8, 29, 523]
 
 
