@@ -1,7 +1,8 @@
 """fastxent.jax's binary cross-entropy: a jax.custom_vjp over fastxent's BCE kernels.
 
-The forward and the backward are jax.pure_callback calls (arrays reach NumPy through DLPack).
-Nothing but the inputs is kept as residuals: the backward recomputes sigmoid in its one pass.
+The forward and the backward are host calls (_jax_host.host_call: XLA's buffers read and written
+in place where JAX has buffer_callback). Nothing but the inputs is kept as residuals: the
+backward recomputes sigmoid in its one pass.
 weight / pos_weight get no gradient (zero cotangents). reduction is static."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import fastxent
 
 from ._checks import check_reduction
+from ._jax_host import host_call
 from ._types import Reduction
 
 _NATIVE = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
@@ -24,22 +26,22 @@ def _loss_type(reduction, logits):
     return jax.ShapeDtypeStruct(logits.shape if reduction == "none" else (), logits.dtype)
 
 
-def _host_loss(reduction, x, t, w, pw):
-    loss = fastxent.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw,
-                                                     reduction=reduction)
-    return np.asarray(loss, dtype=x.dtype)  # pure_callback wants exactly the promised dtype
+def _host_loss(reduction, outs, x, t, w, pw):
+    outs[0][...] = fastxent.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw,
+                                                             reduction=reduction)
 
 
-def _host_grad(reduction, x, t, w, pw, g):
-    return fastxent.binary_cross_entropy_with_logits_backward(
-        x, t, weight=w, pos_weight=pw, reduction=reduction, grad_output=np.asarray(g))
+def _host_grad(reduction, outs, x, t, w, pw, g):
+    fastxent.binary_cross_entropy_with_logits_backward(
+        x, t, weight=w, pos_weight=pw, reduction=reduction, grad_output=np.asarray(g),
+        out=outs[0])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _bce(reduction, logits, targets, weight, pos_weight):
-    return jax.pure_callback(
-        functools.partial(_host_loss, reduction), _loss_type(reduction, logits),
-        logits, targets, weight, pos_weight, vmap_method="sequential")
+    (loss,) = host_call(functools.partial(_host_loss, reduction), (_loss_type(reduction, logits),),
+                        logits, targets, weight, pos_weight)
+    return loss
 
 
 def _fwd(reduction, logits, targets, weight, pos_weight):
@@ -48,11 +50,10 @@ def _fwd(reduction, logits, targets, weight, pos_weight):
 
 def _bwd(reduction, residuals, cotangent):
     logits, targets, weight, pos_weight = residuals
-    grad = jax.pure_callback(
-        functools.partial(_host_grad, reduction), jax.ShapeDtypeStruct(logits.shape, logits.dtype),
+    (grad,) = host_call(
+        functools.partial(_host_grad, reduction), (jax.ShapeDtypeStruct(logits.shape, logits.dtype),),
         logits, targets, weight, pos_weight,
-        cotangent.astype(jnp.float64 if logits.dtype == jnp.float64 else jnp.float32),
-        vmap_method="sequential")
+        cotangent.astype(jnp.float64 if logits.dtype == jnp.float64 else jnp.float32))
     zero = (lambda a: None if a is None else jnp.zeros_like(a))
     return grad, jnp.zeros_like(targets), zero(weight), zero(pos_weight)
 

@@ -9,17 +9,18 @@ reduction; class indices or class probabilities; plus fastxent's z_loss, softcap
 return_z_loss and return_accuracy) but with the class axis *last*, as in JAX / optax:
 without options it equals ``optax.softmax_cross_entropy_with_integer_labels(...).mean()``.
 
-How it runs: the forward and the backward are ``jax.pure_callback`` calls into
-``fastxent.cross_entropy_forward`` / ``cross_entropy_backward``. Under differentiation, for
-class indices and float32/float64 logits, the forward is instead one fused call
-(``cross_entropy_with_grad``) whose gradient is the residual, and the backward multiplies it by
-the cotangent (a scalar for "mean"/"sum", one per row for "none"): each callback costs copies of
-its arguments (``jax.pure_callback`` hands them over as new arrays), so one callback is cheaper
-than two. Otherwise the forward keeps the per-row log-sum-exp as the residual and the backward
-callback turns it and the cotangent into the gradient in one read of the logits. It works under
-``jax.jit``, ``jax.grad``/``jax.vjp`` and ``jax.vmap`` (the callbacks then run once per batch
-element, ``vmap_method="sequential"``). On an accelerator
-the arrays would be copied to the host and back: this is a CPU library.
+How it runs: the forward and the backward are host calls (``_jax_host.host_call``: JAX's
+``buffer_callback``, which reads and writes XLA's buffers in place, or ``jax.pure_callback``
+on older JAX, which copies) into ``fastxent.cross_entropy_forward`` /
+``cross_entropy_backward``. Under differentiation, for class indices and float32/float64
+logits, the forward is instead one fused call (``cross_entropy_with_grad``, the gradient written
+straight into XLA's output buffer) whose gradient is the residual, and the backward multiplies
+it by the cotangent (a scalar for "mean"/"sum", one per row for "none"): one pass over the
+logits instead of two. Otherwise the forward keeps the per-row log-sum-exp as the residual and
+the backward turns it and the cotangent into the gradient in one read of the logits. It works
+under ``jax.jit``, ``jax.grad``/``jax.vjp`` and ``jax.vmap`` (the host calls then run once per
+batch element, ``vmap_method="sequential"``). On an accelerator the arrays would be copied to
+the host and back: this is a CPU library.
 
 float32, float16 and bfloat16, and float64 when ``jax_enable_x64`` is on, run natively (16-bit
 logits are computed in float32 inside the kernels; the loss and the gradient come back in the
@@ -52,6 +53,7 @@ import numpy as np
 import fastxent
 
 from ._checks import check_reduction, check_smoothing, check_softcap, check_z_loss
+from ._jax_host import host_call
 from ._types import Reduction
 
 __all__ = ["cross_entropy"]
@@ -89,58 +91,55 @@ def _result_types(opts, logits, labels):
             jax.ShapeDtypeStruct((), jnp.float32))
 
 
-def _host_results(opts, dtype, result, extra_at):
-    """(loss, z-loss term, accuracy) of a fastxent result tuple whose z-loss term is at
-    extra_at, as pure_callback insists: exactly the promised dtypes, NumPy arrays not scalars."""
-    accuracy = result[extra_at + 1] if opts.want_accuracy else 0.0
-    return (np.asarray(result[0], dtype=dtype), np.asarray(result[extra_at], dtype=dtype),
-            np.asarray(accuracy, dtype=np.float32))
+def _store_results(opts, outs, result, extra_at):
+    """Writes the loss, the z-loss term and the accuracy of a fastxent result tuple whose z-loss
+    term is at extra_at into outs[0], outs[-2] and outs[-1] (of the promised dtypes)."""
+    outs[0][...] = result[0]
+    outs[-2][...] = result[extra_at]
+    outs[-1][...] = result[extra_at + 1] if opts.want_accuracy else 0.0
 
 
-def _host_forward(opts, logits, labels, weight):
+def _host_forward(opts, outs, logits, labels, weight):
     result = fastxent.cross_entropy_forward(logits, labels, weight=weight, return_z_loss=True,
                                             return_accuracy=opts.want_accuracy, **opts.kwargs())
-    loss, z_term, accuracy = _host_results(opts, logits.dtype, result, 2)
-    return loss, np.asarray(result[1], dtype=_lse_dtype(logits.dtype)), z_term, accuracy
+    _store_results(opts, outs, result, 2)
+    outs[1][...] = result[1]  # lse
 
 
-def _host_backward(opts, logits, labels, weight, lse, cotangent):
-    return fastxent.cross_entropy_backward(
-        logits, labels, lse, weight=weight, grad_output=np.asarray(cotangent), **opts.kwargs()
-    )
+def _host_backward(opts, outs, logits, labels, weight, lse, cotangent):
+    fastxent.cross_entropy_backward(logits, labels, lse, weight=weight, out=outs[0],
+                                    grad_output=np.asarray(cotangent), **opts.kwargs())
 
 
-def _host_fused(opts, logits, labels, weight):
+def _host_fused(opts, outs, logits, labels, weight):
+    """(loss, z-loss term, accuracy, gradient): the gradient written into outs[1]."""
     result = fastxent.cross_entropy_with_grad(
-        logits, labels, weight=weight, return_z_loss=True, return_accuracy=opts.want_accuracy,
-        **opts.kwargs())
-    return (*_host_results(opts, logits.dtype, result, 2), result[1])
+        logits, labels, weight=weight, out=outs[1], return_z_loss=True,
+        return_accuracy=opts.want_accuracy, **opts.kwargs())
+    _store_results(opts, outs, result, 2)
 
 
 def _fuses(logits, labels):
     """Under differentiation, the forward computes the gradient too (for a unit cotangent) and
-    the backward only scales it: one callback and one pass over the logits instead of two of
-    each (a callback copies its arguments: JAX's pure_callback hands them over as new arrays).
-    Class indices and float32/float64 logits only: probability targets need lse for their own
-    cotangent, and 16-bit gradients would be rounded twice (once here, once when scaled)."""
+    the backward only scales it: one host call and one pass over the logits instead of two of
+    each (and with JAX's copying pure_callback, fewer copies). Class indices and float32/float64
+    logits only: probability targets need lse for their own cotangent, and 16-bit gradients
+    would be rounded twice (once here, once when scaled)."""
     return (jnp.issubdtype(labels.dtype, jnp.integer)
             and logits.dtype in (jnp.float32, jnp.float64))
 
 
-def _host_call(host, opts, types, logits, labels, weight):
-    return jax.pure_callback(lambda x, y, w: host(opts, x, y, w), types, logits, labels, weight,
-                             vmap_method="sequential")
-
-
 def _fused_call(opts, logits, labels, weight):
     loss, _, z_term, accuracy = _result_types(opts, logits, labels)
-    types = (loss, z_term, accuracy, jax.ShapeDtypeStruct(logits.shape, logits.dtype))
-    return _host_call(_host_fused, opts, types, logits, labels, weight)
+    types = (loss, jax.ShapeDtypeStruct(logits.shape, logits.dtype), z_term, accuracy)
+    loss, grad, z_term, accuracy = host_call(functools.partial(_host_fused, opts), types,
+                                             logits, labels, weight)
+    return loss, z_term, accuracy, grad
 
 
 def _forward_call(opts, logits, labels, weight):
-    return _host_call(_host_forward, opts, _result_types(opts, logits, labels), logits, labels,
-                      weight)
+    return host_call(functools.partial(_host_forward, opts), _result_types(opts, logits, labels),
+                     logits, labels, weight)
 
 
 # opts (argument 0) selects the kernel: static, hashable, not differentiated.
@@ -184,11 +183,9 @@ def _bwd(opts, residuals, cotangents):
         scale = cotangent.astype(grad.dtype)
         return grad * (scale if scale.ndim == 0 else scale[..., None]), None, None
     logits, labels, weight, lse = residuals
-    grad = jax.pure_callback(
-        lambda x, y, w, s, g: _host_backward(opts, x, y, w, s, g),
-        jax.ShapeDtypeStruct(logits.shape, logits.dtype),
-        logits, labels, weight, lse, cotangent.astype(logits.dtype), vmap_method="sequential",
-    )
+    (grad,) = host_call(functools.partial(_host_backward, opts),
+                        (jax.ShapeDtypeStruct(logits.shape, logits.dtype),),
+                        logits, labels, weight, lse, cotangent.astype(logits.dtype))
     # No cotangent for integer labels nor (as in PyTorch) for the class weights; probability
     # targets get theirs (distillation differentiates through them).
     target_grad = None
