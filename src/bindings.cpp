@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../cpp/bce_driver.h"
+#include "../cpp/huge_pages.h"
 #include "../cpp/dispatch.h"
 #include "../cpp/driver.h"
 #include "../cpp/thread_pool.h"
@@ -129,6 +130,7 @@ double bce(const Flat& logits, const Flat& targets, const Flat& weight, bool wei
   a.want_total = want_total;
   a.loss = loss ? loss->data() : nullptr;
   a.grad = grad ? grad->data() : nullptr;
+  if (a.grad && a.grad != a.logits) advise_huge_pages(a.grad, grad->nbytes());
   nb::gil_scoped_release release;
   return run_bce(a);
 }

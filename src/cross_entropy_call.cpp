@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "../cpp/huge_pages.h"
 #include "../cpp/scratch.h"
 #include "call_checks.h"
 
@@ -169,6 +170,10 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
   if (mode != CeMode::forward) {
     a.grad = grad->data();
     a.grad_stride = a.rows > 1 ? int64_t(grad->stride(0)) : a.classes;
+    if (a.grad != a.logits) {  // (over the logits: their pages are there already)
+      const auto [g0, g1] = byte_span(*grad);
+      advise_huge_pages(const_cast<char*>(g0), size_t(g1 - g0));
+    }
   }
   LossSums sums;
   if (a.rows * a.classes < kKeepGilLogits) {
