@@ -427,12 +427,19 @@ struct ExpRow {
 
 // Second pass over exp values e stored by online_stats<kStore>: out_j = e_j * alpha *
 // exp(shift_block - m) - beta * w_j, which is p_j * coef - beta * w_j. e may be out.
+// next_row: the logits of the row to come (or null), asked into L2 block by block meanwhile:
+// this pass reads only cache, so without it the memory reads of the next row would wait for it.
 template <class T, bool kSmooth, bool kWeighted>
 inline void scale_blocks(const compute_t<T>* e, T* out, int64_t n, const double* block_shift,
                          double m, double alpha, compute_t<T> beta, const compute_t<T>* w,
-                         bool stream = false) {
+                         bool stream = false, const T* next_row = nullptr) {
   using S = compute_t<T>;
   for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
+    if (next_row) {
+      const char* next = reinterpret_cast<const char*>(next_row + c0);
+      const int64_t bytes = min64(kBlock, n - c0) * int64_t(sizeof(T));
+      for (int64_t b = 0; b < bytes; b += kLineBytes) FX_PREFETCH_L2(next + b);
+    }
     const S factor = S(alpha * FX_EXP(block_shift[k] - m));
     scale_row<T, kSmooth, kWeighted>(e + c0, out + c0, min64(kBlock, n - c0), factor, beta,
                                      kWeighted ? w + c0 : nullptr, stream);
@@ -645,7 +652,8 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     }
     if (cached) {
       scale_blocks<T, kSmooth, kWeighted>(exp_row.row(g), g, C, block_shift, shift,
-                                          c.p_coef * inv_s, S(c.smooth_coef), w, stream);
+                                          c.p_coef * inv_s, S(c.smooth_coef), w, stream,
+                                          i + 1 < r1 ? x + a.logits_stride : nullptr);
     } else if (!kNarrow<T> || mode != CeMode::backward) {
       write_grad<T, kSmooth, kWeighted>(x, g, C, S(shift), S(c.p_coef * inv_s), S(c.smooth_coef),
                                         w, stream);

@@ -27,9 +27,11 @@
 #if defined(_M_ARM64)
 #include <intrin.h>  // __prefetch (MSVC declares the ARM64-specific intrinsics there)
 #define FX_PREFETCH(p) __prefetch(static_cast<const void*>(p))
+#define FX_PREFETCH_L2(p) __prefetch(static_cast<const void*>(p))
 #else
 #include <xmmintrin.h>
 #define FX_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0)
+#define FX_PREFETCH_L2(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1)
 #endif
 #else
 #define FASTXENT_MSVC 0
@@ -44,4 +46,6 @@
 #define FX_MEMCPY(dst, src, n) __builtin_memcpy(dst, src, n)
 // A hint to start loading a cache line (never faults, so it may point past an array's end).
 #define FX_PREFETCH(p) __builtin_prefetch(static_cast<const void*>(p), 0, 3)
+// The same into the level-2 cache (not level 1): data for later, such as the next row.
+#define FX_PREFETCH_L2(p) __builtin_prefetch(static_cast<const void*>(p), 0, 2)
 #endif
