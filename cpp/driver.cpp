@@ -126,6 +126,14 @@ bool first_max_is(const CeArgs& a, int64_t i, int64_t y, double m) {
   return first;
 }
 
+bool row_has_nan(const CeArgs& a, int64_t i) {
+  bool nan = false;
+  with_storage_type(a.dtype, [&](auto tag) {
+    for (int64_t j = 0; j < a.classes && !nan; ++j) nan = std::isnan(logit_at<decltype(tag)>(a, i, j));
+  });
+  return nan;
+}
+
 // Few, long rows: each row's classes are cut into slices; threads compute per-slice
 // (max, sum) pairs, the pairs are merged here, then threads write the gradient slices.
 void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int threads) {
@@ -206,7 +214,9 @@ void split_rows(const KernelTable& table, const CeArgs& a, CeMode mode, int thre
       a.row_loss[i] = loss;
       if (lse_f64) static_cast<double*>(a.lse)[i] = lse; else static_cast<float*>(a.lse)[i] = float(lse);
       if (a.row_z) a.row_z[i] = a.z_loss * lse * lse;
-      if (a.correct) a.correct[i] = !nan && s == s && zy == m && first_max_is(a, i, y, m);
+      // (s is NaN for a NaN logit and for a +inf one, which can be the label's argmax.)
+      if (a.correct) a.correct[i] = !nan && zy == m && (s == s || (m == INFINITY && !row_has_nan(a, i))) &&
+                                    first_max_is(a, i, y, m);
     }
     if (mode == CeMode::forward) continue;
     const double g = a.grad_scale * (a.grad_rows ? a.grad_rows[i] : 1.0);

@@ -304,10 +304,15 @@ inline int64_t label_if_first_max(const T* xb, int64_t label_in_block, double bm
   return label_in_block;
 }
 
-// The label's logit is the first maximum of the row (and the row has no NaN).
-inline bool label_is_argmax(const ArgmaxProbe& probe, const RowStats& st, double zy) {
-  return zy == st.m && st.s == st.s && probe.first_max_block == probe.label / kBlock &&
-         probe.first_max_in_label_block == probe.label;
+// The label's logit is the first maximum of the row x (n logits) and the row has no NaN. The
+// sum of exps is NaN for a NaN logit, and also for a +inf one (inf - inf), which argmax takes
+// as the max like any other: only then is the row scanned for NaN.
+template <class T>
+inline bool label_is_argmax(const ArgmaxProbe& probe, const RowStats& st, double zy, const T* x,
+                            int64_t n) {
+  return zy == st.m && probe.first_max_block == probe.label / kBlock &&
+         probe.first_max_in_label_block == probe.label &&
+         (st.s == st.s || (st.m == kInf && !has_nan(x, n)));
 }
 
 // Max, sum of exp and smoothing sums of a row (or slice) in one read: the max is updated per
@@ -636,7 +641,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
         loss += smoothing_loss(a, st.m, log_s, st.t);
       }
       a.row_loss[i] = loss;
-      store_row_outputs<S>(a, i, lse, want_probe && label_is_argmax(probe, st, zy));
+      store_row_outputs<S>(a, i, lse, want_probe && label_is_argmax(probe, st, zy, x, C));
       if (mode == CeMode::forward) continue;
     }
     const GradCoefs c = grad_coefs(a, i, wy, lse);
@@ -735,12 +740,10 @@ void ce_soft_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
 
 template <class T, bool kSmooth, bool kWeighted>
 void ce_rows_any(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
-  // The rows-per-lane path has no z-loss or accuracy outputs.
-  const bool plain = a.z_loss == 0.0 && a.correct == nullptr;
   // (Vectors of 2 lanes, NEON's doubles, would need 8 column blocks: those take the row path.)
   constexpr int kWidth = VecFor<compute_t<T>>::type::width;
   if constexpr (kWidth > 1 && kSmallClasses <= 4 * kWidth) {
-    if (a.classes <= kSmallClasses && plain) return ce_small_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
+    if (a.classes <= kSmallClasses) return ce_small_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
   }
   ce_rows<T, kSmooth, kWeighted>(a, r0, r1, mode);
 }

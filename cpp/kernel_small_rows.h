@@ -196,6 +196,13 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   alignas(64) S dy_b[kLoss ? kSmallBatch : 1], shift_b[kLoss ? kSmallBatch : 1];
   alignas(64) S alpha_b[kGrad ? kSmallBatch : 1], label_b[kGrad ? kSmallBatch : 1];
   alignas(64) S smooth_b[kGrad && kSmooth ? kSmallBatch : 1];
+  // z-loss (z_loss lse^2 per row; 2 z_loss lse p_j in the gradient, the z term's own scale per
+  // row) and accuracy (1 where the row's first maximum is the label and no logit is NaN).
+  const bool want_z = a.z_loss != 0.0, want_correct = kLoss && a.correct != nullptr;
+  const double z_loss = a.z_loss, z_grad_scale = a.z_grad_scale;
+  double* row_z = a.row_z;
+  uint8_t* correct = a.correct;
+  alignas(64) S zg_b[kGrad ? kSmallBatch : 1], correct_b[kLoss ? kSmallBatch : 1];
   // The batch's exp values (then gradients), a group of W rows per kGroupCols vectors (its
   // column blocks: no more, so that the batch's working set stays in L1 beside the rows).
   constexpr int kGroupCols = kBlocks * W;
@@ -222,6 +229,9 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
     if constexpr (kGrad) {
       if (grad_rows) {
         for (int k = 0; k < rows; ++k) g_b[k] = S(grad_scale * grad_rows[i0 + k]);
+        if (want_z) {
+          for (int k = 0; k < rows; ++k) zg_b[k] = S(z_grad_scale * grad_rows[i0 + k]);
+        }
       }
     }
     // Passes over the batch's groups of W rows, so that the out-of-order core overlaps
@@ -267,6 +277,16 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         V m = cols[0];
         for (int j = 1; j < C; ++j) m = vmax(m, cols[j]);
         m.store(shift_b + k);
+        if (want_correct) {
+          // The first class equal to the max, and whether some logit is NaN (m alone may not
+          // show it: max passes a NaN only in its second operand).
+          V first = V::set1(S(C)), nan = zero;
+          for (int j = C - 1; j >= 0; --j) {
+            first = vselect(veq(cols[j], m), V::set1(S(j)), first);
+            nan = vselect(veq(cols[j], cols[j]), nan, one);
+          }
+          vselect(veq(first, V::load(yf_b + k)), vselect(veq(nan, zero), one, zero), zero).store(correct_b + k);
+        }
       }
     }
     // 2: exp per class; the label's (ey) apart from the others' (rest); dy = z_y - shift.
@@ -347,6 +367,13 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
           smooth_coef = g * V::set1(eps_per_class);
           p_coef = fmadd(smooth_coef, V::set1(weight_total), label_coef);
           label = fmadd(smooth_coef, V::set1(weight_total) * (ey * inv_s) - wy, label);
+        }
+        if (want_z) {
+          // lse: stored above (fused; 0 in ignored rows), or the caller's (backward).
+          const V zg = grad_rows ? V::load(zg_b + k) : V::set1(S(z_grad_scale));
+          const V z_coef = zg * V::set1(S(2 * z_loss)) * V::load(lse_io + i);
+          p_coef = p_coef + z_coef;
+          label = fmadd(z_coef, ey * inv_s, label);
         }
         // In backward cols hold exp(z - lse) = p already; in the fused pass exp(z - m) = p s.
         (kMode == CeMode::backward ? p_coef : p_coef * inv_s).store(alpha_b + k);
@@ -433,18 +460,27 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         }
         row_loss[i0 + k] = loss;
       }
+      if (want_z) {
+        for (int k = 0; k < rows; ++k) {
+          const double lse = double(lse_io[i0 + k]);  // (0 in ignored rows)
+          row_z[i0 + k] = z_loss * lse * lse;
+        }
+      }
+      if (want_correct) {
+        for (int k = 0; k < rows; ++k) correct[i0 + k] = correct_b[k] != S(0);
+      }
     }
     if constexpr (kNarrow<T> && kGrad) {
       // The label's entry is rounded once to 16 bits from double (as in the general path).
       for (int k = 0; k < rows; ++k) {
         if (yf_b[k] < 0) continue;
         const int64_t y = int64_t(yf_b[k]);
-        const GradCoefs c = grad_coefs(a, i0 + k, double(wy_b[k]), 0.0);  // (no z-loss here)
+        const GradCoefs c = grad_coefs(a, i0 + k, double(wy_b[k]), double(lse_io[i0 + k]));
         const double rest = double(rest_b[k]), ey = double(ey_b[k]);
         const bool renormalise = kMode != CeMode::backward ||
                                  sum_is_one<float>(rest + ey, double(lse_io[i0 + k]), C);
         grad[(i0 + k) * grad_stride + y] = narrow_from_double<T>(label_grad_from_rest(
-            rest, ey, c.label_coef, c.smooth_coef, weight_total_d, double(wy_b[k]), 0.0, renormalise));
+            rest, ey, c.label_coef, c.smooth_coef, weight_total_d, double(wy_b[k]), c.z_coef, renormalise));
       }
     }
     if (rows < kSmallBatch) {

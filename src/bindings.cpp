@@ -4,12 +4,13 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
-#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -43,8 +44,8 @@ std::optional<ArrayView> view_of(const std::optional<Array>& a) {
 }
 
 // fastxent._core.cross_entropy: positional arguments (see CrossEntropyCall for their meaning).
-// Returns (loss, rows not ignored).
-std::pair<double, int64_t> cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
+// Returns (loss, rows not ignored, z-loss terms summed): see CallResult.
+std::tuple<double, int64_t, double> cross_entropy(int mode_code, const Matrix& logits, const Vector& labels,
                      std::optional<DoubleVector> weight, int64_t ignore_index, double smoothing,
                      int reduction, double grad_output, std::optional<DoubleVector> grad_rows,
                      std::optional<Vector> lse, std::optional<OutVector> row_loss,
@@ -71,7 +72,7 @@ std::pair<double, int64_t> cross_entropy(int mode_code, const Matrix& logits, co
   call.row_z = view_of(row_z);
   call.correct = view_of(correct);
   const CallResult result = run_cross_entropy_call(call);
-  return {result.loss, result.kept_rows};
+  return {result.loss, result.kept_rows, result.z_sum};
 }
 
 void rowop(int op, const Matrix& x, OutMatrix out, int dtype_code) {

@@ -182,13 +182,13 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
     nb::gil_scoped_release release;
     sums = run_cross_entropy(a, mode, reduction != kNone);
   }
-  if (mode == CeMode::backward) return {NAN, kept_rows};
+  if (mode == CeMode::backward) return {NAN, kept_rows, NAN};
   if (reduction == kNone) {
     if (a.row_z) for (int64_t i = 0; i < a.rows; ++i) a.row_loss[i] += a.row_z[i];
     if (narrow_row_loss) narrow_doubles(a.row_loss, a.rows, a.dtype, narrow_row_loss);
-    return {NAN, kept_rows};
+    return {NAN, kept_rows, NAN};
   }
-  return {sums.loss / denom + (a.row_z ? sums.z / z_denom : 0.0), kept_rows};
+  return {sums.loss / denom + (a.row_z ? sums.z / z_denom : 0.0), kept_rows, a.row_z ? sums.z : 0.0};
 }
 
 }  // namespace fastxent

@@ -42,6 +42,9 @@ struct CallResult {
   // Rows whose label is not ignore_index (all rows for probability targets): "mean"'s divisor
   // of the z-loss term and of accuracy, counted by the label check anyway.
   int64_t kept_rows;
+  // The per-row z-loss terms summed (0 without z-loss; NaN for "none" and backward), so that a
+  // caller reporting the term does not need them per row.
+  double z_sum;
 };
 
 CallResult run_cross_entropy_call(const CrossEntropyCall& call);

@@ -9,7 +9,7 @@ import pytest
 import fastxent
 from _helpers import assert_grad_close, assert_loss_close, make_labels, make_logits, make_weight
 
-# (rows, classes): one row, small classes (rows-per-lane path without extras), a cached row, a
+# (rows, classes): one row, small classes (the rows-per-lane path), a cached row, a
 # row longer than the cache, and few long rows (the split path with 2 threads).
 SHAPES = [(1, 1), (1, 10), (7, 3), (65, 16), (33, 1000), (3, 70000), (2, 40000)]
 OPTION_SETS = {
@@ -381,3 +381,20 @@ def test_label_of_target_weight_zero_adds_nothing_at_minus_inf(backend, c):
     w[2] = 0.0
     assert fastxent.cross_entropy(x, y, weight=w, reduction="sum", backend=backend) == 0.0
     assert fastxent.cross_entropy(x, y, label_smoothing=1.0, backend=backend) == np.inf
+
+
+@pytest.mark.parametrize("shape", [(2, 40000), (3, 70000)], ids=["split-rows", "long-rows"])
+def test_accuracy_counts_an_infinite_label_logit(fast_backend, threads, shape, rng):
+    """A +inf logit is the argmax like any other (its row's loss is NaN, from inf - inf): the
+    row counts as correct when it is the label's, also when a row is split across threads; a
+    NaN logit makes a row wrong."""
+    n, c = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    labels = np.arange(n) * 7
+    x[0, 7 * 0] = np.inf                  # +inf at the label: correct
+    x[1, 3], x[1, 7] = np.inf, 50.0       # +inf elsewhere: wrong
+    if n > 2:
+        x[2, 14], x[2, c - 1] = 60.0, np.nan
+    for backend in (fast_backend, "numpy"):
+        acc = fastxent.cross_entropy(x, labels, backend=backend, return_accuracy=True)[1]
+        assert acc == 1 / n, backend

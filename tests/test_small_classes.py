@@ -19,6 +19,7 @@ from _helpers import (
     make_weight,
 )
 from test_against_reference import check_all_modes
+from test_extras import check_against_reference
 
 # Every count: float32 rows have one kernel instantiation per class count. 1 and 2: degenerate;
 # 3, 5, 7: under a vector (odd: contiguous rows move by blends and lane permutes, not
@@ -168,3 +169,50 @@ def test_long_call_with_ignored_rows(fast_backend, threads, label_dtype, rng):
     logits = make_logits(rng, (n, c), np.float32)
     labels = make_labels(rng, (n,), c, dtype=label_dtype, ignore_index=-100, ignore_frac=0.3)
     check_all_modes(logits, labels, fast_backend)
+
+
+def special_accuracy_rows(rng, n, c, dtype):
+    """Rows whose argmax is the question: ties, +inf logits, NaN, all -inf, ignored rows."""
+    x = make_logits(rng, (n, c), dtype)
+    labels = rng.integers(0, c, n)
+    labels[::5] = -100
+    last = c - 1
+    x[1], labels[1] = 0.0, 0                 # all tied: the first class is the argmax
+    x[2], labels[2] = 0.0, last              # all tied: a later label is not
+    x[3, last], labels[3] = np.inf, last     # +inf at the label: correct
+    x[4, 0], labels[4] = np.inf, last        # +inf elsewhere
+    x[6], labels[6] = -np.inf, 0             # all -inf: argmax 0
+    x[7], labels[7] = -np.inf, last
+    x[8, 0], labels[8] = np.nan, last        # NaN: always wrong
+    x[9, last], x[9, 0], labels[9] = np.nan, 50.0, 0
+    x[11, :], labels[11] = -3.0, last        # tied below 0
+    x[11, last] = -2.0
+    return x, labels
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("c", [1, 2, 3, 8, 12, 16, 20])
+def test_accuracy_and_z_loss(fast_backend, threads, c, dtype, rng):
+    """return_accuracy and z_loss on the rows-per-lane path (C <= 16, groups of lanes and a
+    ragged tail) and the row path (C = 20): per-row accuracy of special rows, the z-loss term
+    and the gradient with it, against the reference."""
+    n = 45
+    x, labels = special_accuracy_rows(rng, n, c, dtype)
+    for row in range(n):  # the accuracy of each row alone: which rows count is the question
+        one_x, one_y = x[row:row + 1], labels[row:row + 1]
+        got = fastxent.cross_entropy(one_x, one_y, backend=fast_backend, return_accuracy=True,
+                                     reduction="sum")[1]
+        want = fastxent.cross_entropy(one_x, one_y, backend="numpy", return_accuracy=True,
+                                      reduction="sum")[1]
+        assert got == want or (np.isnan(got) and np.isnan(want)), f"row {row}: {got} vs {want}"
+    got_acc = fastxent.cross_entropy(x, labels, backend=fast_backend, return_accuracy=True)[1]
+    want_acc = fastxent.cross_entropy(x, labels, backend="numpy", return_accuracy=True)[1]
+    assert got_acc == want_acc
+    # z-loss on finite rows, with per-row upstream gradients and weights.
+    finite = make_logits(rng, (n, c), dtype)
+    labels = make_labels(rng, (n,), c, ignore_index=-100, ignore_frac=0.2)
+    flags = {"return_accuracy": True, "return_z_loss": True}
+    for opts in ({"z_loss": 0.02, "reduction": "none", "grad_output": rng.uniform(-2, 2, n),
+                  "weight": make_weight(rng, c)},
+                 {"z_loss": 0.1, "label_smoothing": 0.1}):
+        check_against_reference(fast_backend, finite, labels, opts, flags)

@@ -27,7 +27,7 @@ def _kernel_view(a):
 
 def _call(problem: Problem, mode, grad_scalar, grad_rows, lse, row_loss, grad, row_z=None,
           correct=None):
-    """(reduced loss, or NaN for "none" and backward; rows not ignored)."""
+    """(reduced loss, or NaN for "none" and backward; rows not ignored; z-loss terms summed)."""
     logits, code = _kernel_view(problem.logits)
     grad, _ = _kernel_view(grad)
     row_loss, _ = _kernel_view(row_loss)
@@ -55,13 +55,12 @@ def _divide(total, kept):
     return total / kept if kept else float("nan")
 
 
-def _z_term(problem: Problem, row_z, kept):
+def _z_term(problem: Problem, row_z, kept, z_sum):
     """The z-loss term reduced as the loss is ("mean": over the rows not ignored); None for
     "none" without a z-loss (the caller makes the zeros only if they are asked for)."""
     if problem.reduction == "none":
         return row_z
-    total = 0.0 if row_z is None else float(row_z.sum())
-    return total if problem.reduction == "sum" else _divide(total, kept)
+    return z_sum if problem.reduction == "sum" else _divide(z_sum, kept)
 
 
 def _accuracy(correct, kept):
@@ -69,29 +68,31 @@ def _accuracy(correct, kept):
 
 
 def _outputs(problem: Problem, want_accuracy, want_lse):
-    """The arrays the kernels fill; lse only when the caller returns it (else the kernels' own
-    scratch, with no allocation). Per-row losses come in the logits' dtype, rounded once."""
+    """The arrays the kernels fill; lse and the per-row z-loss terms only when the caller returns
+    them (else the kernels' own scratch, with no allocation). Per-row losses come in the logits'
+    dtype, rounded once."""
     n = problem.rows
     lse = np.empty(n, lse_dtype(problem)) if want_lse else None
-    row_loss = np.empty(n, problem.logits.dtype) if problem.reduction == "none" else None
-    row_z = np.empty(n) if problem.z_loss else None
+    per_row = problem.reduction == "none"
+    row_loss = np.empty(n, problem.logits.dtype) if per_row else None
+    row_z = np.empty(n) if problem.z_loss and per_row else None
     correct = np.empty(n, np.uint8) if want_accuracy else None
     return lse, row_loss, row_z, correct
 
 
 def forward(problem: Problem, want_accuracy=False, want_lse=True):
     lse, row_loss, row_z, correct = _outputs(problem, want_accuracy, want_lse)
-    loss, kept = _call(problem, _FORWARD, 1.0, None, lse, row_loss, None, row_z, correct)
+    loss, kept, z_sum = _call(problem, _FORWARD, 1.0, None, lse, row_loss, None, row_z, correct)
     loss = row_loss if row_loss is not None else loss
-    return loss, lse, _z_term(problem, row_z, kept), _accuracy(correct, kept)
+    return loss, lse, _z_term(problem, row_z, kept, z_sum), _accuracy(correct, kept)
 
 
 def fused(problem: Problem, grad_scalar, grad_rows, grad_out, want_accuracy=False):
     _, row_loss, row_z, correct = _outputs(problem, want_accuracy, want_lse=False)
-    loss, kept = _call(problem, _FUSED, grad_scalar, grad_rows, None, row_loss, grad_out, row_z,
-                       correct)
+    loss, kept, z_sum = _call(problem, _FUSED, grad_scalar, grad_rows, None, row_loss, grad_out,
+                              row_z, correct)
     loss = row_loss if row_loss is not None else loss
-    return loss, _z_term(problem, row_z, kept), _accuracy(correct, kept)
+    return loss, _z_term(problem, row_z, kept, z_sum), _accuracy(correct, kept)
 
 
 def backward(problem: Problem, lse, grad_scalar, grad_rows, grad_out):
