@@ -398,3 +398,19 @@ def test_accuracy_counts_an_infinite_label_logit(fast_backend, threads, shape, r
     for backend in (fast_backend, "numpy"):
         acc = fastxent.cross_entropy(x, labels, backend=backend, return_accuracy=True)[1]
         assert acc == 1 / n, backend
+
+
+def test_soft_targets_of_a_long_row_sum_accurately(cpp_isa):
+    """Label-smoothed one-hot targets over 32000 classes: 31999 equal small targets beside a
+    large one. Their sum scales every p_j of the gradient; summed in one float per lane it had
+    lost 1e-5 (each small add onto the large lane rounded the same way)."""
+    n, c = 4, 32000
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((n, c)) * 3).astype(np.float32)
+    t = np.full((n, c), 0.1 / c, np.float32)
+    t[np.arange(n), rng.integers(0, c, n)] += 0.9
+    x64, t64 = x.astype(np.float64), t.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=1, keepdims=True))
+    want = e / e.sum(axis=1, keepdims=True) * t64.sum(axis=1, keepdims=True) - t64
+    got = fastxent.cross_entropy_with_grad(x, t, reduction="sum", backend="cpp")[1]
+    assert np.abs(got - want).max() <= 4e-7 * np.abs(want).max()
