@@ -63,21 +63,27 @@ FX_ALWAYS_INLINE bool store_columns_of(const V* cols, typename V::scalar* dst) {
   }
 }
 
+// f(std::integral_constant<int, C>{}) for C in 1..8 (what V::has_columns can accept), else false.
+template <class F>
+FX_ALWAYS_INLINE bool with_column_count(int C, F&& f) {
+  switch (C) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    default: return false;
+  }
+}
+
 template <class V>
 FX_ALWAYS_INLINE bool load_row_columns(int C, const typename V::scalar* src, int64_t stride, V* cols) {
   if constexpr (HasColumns<V>::value) {
     if (stride == C) {
-      switch (C) {
-        case 1: return load_columns_of<V, 1>(src, cols);
-        case 2: return load_columns_of<V, 2>(src, cols);
-        case 3: return load_columns_of<V, 3>(src, cols);
-        case 4: return load_columns_of<V, 4>(src, cols);
-        case 5: return load_columns_of<V, 5>(src, cols);
-        case 6: return load_columns_of<V, 6>(src, cols);
-        case 7: return load_columns_of<V, 7>(src, cols);
-        case 8: return load_columns_of<V, 8>(src, cols);
-        default: break;
-      }
+      return with_column_count(C, [&](auto c) { return load_columns_of<V, decltype(c)::value>(src, cols); });
     }
   }
   return false;
@@ -87,17 +93,7 @@ template <class V>
 FX_ALWAYS_INLINE bool store_row_columns(int C, const V* cols, typename V::scalar* dst, int64_t stride) {
   if constexpr (HasColumns<V>::value) {
     if (stride == C) {
-      switch (C) {
-        case 1: return store_columns_of<V, 1>(cols, dst);
-        case 2: return store_columns_of<V, 2>(cols, dst);
-        case 3: return store_columns_of<V, 3>(cols, dst);
-        case 4: return store_columns_of<V, 4>(cols, dst);
-        case 5: return store_columns_of<V, 5>(cols, dst);
-        case 6: return store_columns_of<V, 6>(cols, dst);
-        case 7: return store_columns_of<V, 7>(cols, dst);
-        case 8: return store_columns_of<V, 8>(cols, dst);
-        default: break;
-      }
+      return with_column_count(C, [&](auto c) { return store_columns_of<V, decltype(c)::value>(cols, dst); });
     }
   }
   return false;

@@ -4,6 +4,24 @@
 
 #include "permute_columns.h"
 
+// The 128-bit lanes (4 of a 512-bit vector) moved by an immediate: a's lanes i0, i1, then b's
+// lanes i2, i3 (a macro's immediate in GCC at -O0 and clang: a template parameter).
+template <int kImm>
+FX_ALWAYS_INLINE __m512 shuffle_lanes(__m512 a, __m512 b) { return _mm512_shuffle_f32x4(a, b, kImm); }
+template <int kImm>
+FX_ALWAYS_INLINE __m512d shuffle_lanes(__m512d a, __m512d b) { return _mm512_shuffle_f64x2(a, b, kImm); }
+
+// A 4 x 4 transpose of 128-bit lanes: out_L = (a0 lane L, a1 lane L, a2 lane L, a3 lane L).
+template <class R>
+FX_ALWAYS_INLINE void transpose_lanes(R a0, R a1, R a2, R a3, R& out0, R& out1, R& out2, R& out3) {
+  const R d0 = shuffle_lanes<_MM_SHUFFLE(1, 0, 1, 0)>(a0, a1), d1 = shuffle_lanes<_MM_SHUFFLE(3, 2, 3, 2)>(a0, a1);
+  const R d2 = shuffle_lanes<_MM_SHUFFLE(1, 0, 1, 0)>(a2, a3), d3 = shuffle_lanes<_MM_SHUFFLE(3, 2, 3, 2)>(a2, a3);
+  out0 = shuffle_lanes<_MM_SHUFFLE(2, 0, 2, 0)>(d0, d2);
+  out1 = shuffle_lanes<_MM_SHUFFLE(3, 1, 3, 1)>(d0, d2);
+  out2 = shuffle_lanes<_MM_SHUFFLE(2, 0, 2, 0)>(d1, d3);
+  out3 = shuffle_lanes<_MM_SHUFFLE(3, 1, 3, 1)>(d1, d3);
+}
+
 struct VecF {
   using scalar = float;
   static constexpr int width = 16;
@@ -82,14 +100,7 @@ struct VecF {
     }
     // Class 4L + c takes lane L of b[c], b[4 + c], b[8 + c], b[12 + c].
     for (int c = 0; c < 4; ++c) {
-      const __m512 d0 = _mm512_shuffle_f32x4(b[c], b[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
-      const __m512 d1 = _mm512_shuffle_f32x4(b[c], b[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
-      const __m512 d2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
-      const __m512 d3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
-      r[c].v = _mm512_shuffle_f32x4(d0, d2, _MM_SHUFFLE(2, 0, 2, 0));
-      r[4 + c].v = _mm512_shuffle_f32x4(d0, d2, _MM_SHUFFLE(3, 1, 3, 1));
-      r[8 + c].v = _mm512_shuffle_f32x4(d1, d3, _MM_SHUFFLE(2, 0, 2, 0));
-      r[12 + c].v = _mm512_shuffle_f32x4(d1, d3, _MM_SHUFFLE(3, 1, 3, 1));
+      transpose_lanes(b[c], b[4 + c], b[8 + c], b[12 + c], r[c].v, r[4 + c].v, r[8 + c].v, r[12 + c].v);
     }
   }
   // 16 contiguous rows of C <= 8 classes to and from column order: cols[j] lane l is
@@ -184,14 +195,7 @@ struct VecD {
     }
     // Class 2L + c takes lane L of a[c], a[2 + c], a[4 + c], a[6 + c].
     for (int c = 0; c < 2; ++c) {
-      const __m512d d0 = _mm512_shuffle_f64x2(a[c], a[2 + c], _MM_SHUFFLE(1, 0, 1, 0));
-      const __m512d d1 = _mm512_shuffle_f64x2(a[c], a[2 + c], _MM_SHUFFLE(3, 2, 3, 2));
-      const __m512d d2 = _mm512_shuffle_f64x2(a[4 + c], a[6 + c], _MM_SHUFFLE(1, 0, 1, 0));
-      const __m512d d3 = _mm512_shuffle_f64x2(a[4 + c], a[6 + c], _MM_SHUFFLE(3, 2, 3, 2));
-      r[c].v = _mm512_shuffle_f64x2(d0, d2, _MM_SHUFFLE(2, 0, 2, 0));
-      r[2 + c].v = _mm512_shuffle_f64x2(d0, d2, _MM_SHUFFLE(3, 1, 3, 1));
-      r[4 + c].v = _mm512_shuffle_f64x2(d1, d3, _MM_SHUFFLE(2, 0, 2, 0));
-      r[6 + c].v = _mm512_shuffle_f64x2(d1, d3, _MM_SHUFFLE(3, 1, 3, 1));
+      transpose_lanes(a[c], a[2 + c], a[4 + c], a[6 + c], r[c].v, r[2 + c].v, r[4 + c].v, r[6 + c].v);
     }
   }
   static void split_exponent(VecD x, VecD& mant, VecD& expo) {
