@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,18 @@ def _fast_call(mode, logits, labels, reduction, grad_output, out, backend):
         return None  # the full path raises with the argument's name
 
 
+# The largest float32 / float64: a loss past it is inf, as in PyTorch.
+_FLOAT_MAX = {np.dtype(np.float32): float(np.finfo(np.float32).max),
+              np.dtype(np.float64): float(np.finfo(np.float64).max)}
+
+
 def _loss_result(problem, loss):
     dtype = problem.logits.dtype
+    if problem.reduction != "none" and dtype in _FLOAT_MAX:
+        # (np.errstate, below, costs 8 us a call: a scalar's range is checked here instead)
+        if abs(loss) > _FLOAT_MAX[dtype]:
+            return dtype.type(math.copysign(math.inf, loss))
+        return dtype.type(loss)
     with np.errstate(over="ignore"):  # a float16 loss past 65504 is inf, as in PyTorch
         if problem.reduction == "none":
             return np.asarray(loss, dtype=dtype).reshape(problem.shape[:-1])
