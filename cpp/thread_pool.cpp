@@ -122,7 +122,11 @@ class Pool {
       std::lock_guard<std::mutex> lk(mu_);
       task_ = nullptr;
     }
-    while (active_.load(std::memory_order_acquire) != 0) cpu_relax();
+    const auto none_active = [&] { return active_.load(std::memory_order_acquire) == 0; };
+    // (Yielding after a while: a worker descheduled inside drain() needs the core to leave it.)
+    if (!spin_until(none_active, kCallerSpinMicros)) {
+      while (!none_active()) std::this_thread::yield();
+    }
   }
 
  private:
