@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -100,3 +101,22 @@ def test_fork_after_use(pool):
     done = subprocess.run([sys.executable, "-c", FORK_SCRIPT, str(pool)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("pool", [2, 3])
+def test_calls_between_pauses_of_every_length(pool):
+    """Calls after pauses shorter and longer than the workers' spin (100 us): a worker may wake
+    after the caller has done every task of a call, or join the next call. The same bits each
+    time, and no call left waiting."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4096, 16)).astype(np.float32)  # two pool tasks' worth and more
+    y = rng.integers(0, 16, 4096)
+    with num_threads(pool):
+        want_loss, want_grad = fastxent.cross_entropy_with_grad(x, y)
+        out = np.empty_like(x)
+        for pause in rng.choice([0.0, 2e-5, 9e-5, 1.2e-4, 4e-4, 2e-3], size=120):
+            if pause:
+                time.sleep(pause)
+            loss, _ = fastxent.cross_entropy_with_grad(x, y, out=out)
+            assert loss == want_loss
+            np.testing.assert_array_equal(out, want_grad)
