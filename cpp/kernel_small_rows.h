@@ -1,4 +1,5 @@
-// Rows with few classes (C <= 16), included by kernel_body.h inside an ISA namespace.
+// Rows with few classes (C <= 4 W: 64 float / 32 double classes with AVX-512, 32 / 16 with
+// AVX2, 16 float with NEON), included by kernel_body.h inside an ISA namespace.
 //
 // One row per vector lane, W rows at a time: the W rows of a column block are loaded as W
 // vectors straight from the rows (a masked load of their first n classes), transposed in
@@ -11,7 +12,17 @@
 // The label's exp is kept apart from the others' (rest): the label's gradient
 // (1 - eps) w_y g (p_y - 1) uses p_y - 1 = -rest / s, and -log p_y = log1p(rest / ey) when
 // p_y > 1/2, so confident rows keep their precision instead of cancelling near p_y = 1.
+// Float rows without smoothing of up to this many classes get code with C fixed (see
+// ce_small_rows_fixed).
 constexpr int64_t kSmallClasses = 16;
+
+// Up to four column blocks: beyond 16 classes (17-64 with AVX-512) a row per lane still beats
+// the row-at-a-time code, whose per-row costs (reductions across lanes, a log, an exp in double,
+// the calls) come to about 50 ns a row (65536 x 32 float fused, one thread, AVX-512: see
+// kSmallRowClasses' measurements in the README). Vectors of 2 lanes (NEON's doubles) would
+// need 8 blocks for 16 classes: they take the row path.
+template <class S>
+constexpr int64_t kSmallRowClasses = VecFor<S>::type::width >= 4 ? 4 * VecFor<S>::type::width : 0;
 
 // Has V an in-register W x W transpose? (The others go through memory.)
 template <class V, class = void>
@@ -148,6 +159,24 @@ FX_ALWAYS_INLINE V add_unless(typename V::mask m, V acc, V x) {
 // one thread with AVX-512, 258 -> 233 us with AVX2; 65536 x 10: 443 -> 415 us with AVX-512).
 constexpr int64_t kSmallBatch = 64;
 
+// Prefetch rows [r0, r1) of C classes with write intent, a cache line at a time.
+template <class T>
+FX_ALWAYS_INLINE void prefetch_rows_for_write(const T* rows, int64_t stride, int C, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  constexpr int64_t kLine = 64;
+  if (stride == C) {
+    const char* begin = reinterpret_cast<const char*>(rows + r0 * stride);
+    const char* end = reinterpret_cast<const char*>(rows + r1 * stride);
+    for (const char* p = begin; p < end; p += kLine) FX_PREFETCH_W(p);
+  } else {
+    for (int64_t i = r0; i < r1; ++i) {
+      const char* row = reinterpret_cast<const char*>(rows + i * stride);
+      FX_PREFETCH_W(row);
+      FX_PREFETCH_W(row + (int64_t(C) * int64_t(sizeof(T)) - 1));
+    }
+  }
+}
+
 // kClasses: C when fixed at compile time (float rows), 0 when read from a.
 // kBlocks = ceil(C / W), fixed at compile time: the loops over the column blocks (loads,
 // transposes, stores) unroll and their vectors stay at fixed places.
@@ -156,7 +185,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   using S = compute_t<T>;
   using V = typename VecFor<S>::type;
   constexpr int W = V::width;
-  constexpr int kMaxCols = int((kSmallClasses + W - 1) / W) * W;
+  constexpr int kMaxCols = int(kSmallRowClasses<S>);
   constexpr bool kGrad = kMode != CeMode::forward;
   constexpr bool kLoss = kMode != CeMode::backward;
   // Copies of what the loops read: stores through the output pointers could alias a's fields.
@@ -177,11 +206,16 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   const S weight_total = S(weight_total_d);
   const V zero = V::set1(S(0)), one = V::set1(S(1));
   V wv[kMaxCols];
+  // Classes of weight 0 add nothing to the smoothing sum, also at a -inf logit (0 * -inf).
+  bool weight_counts[kMaxCols];
   if constexpr (kWeighted) {
-    for (int j = 0; j < C; ++j) wv[j] = V::set1(w[j]);
+    for (int j = 0; j < C; ++j) {
+      wv[j] = V::set1(w[j]);
+      weight_counts[j] = !(double(w[j]) < kTinyWeight && double(w[j]) > -kTinyWeight);
+    }
   }
   // 16-bit rows are widened into stage (contiguous rows), and their gradient rounded from it.
-  alignas(64) S stage[kNarrow<T> ? kSmallClasses * W : 1];
+  alignas(64) S stage[kNarrow<T> ? kMaxCols * W : 1];
   // Per row of the batch: in, the label as a float (-1 when ignored), its weight (0 when
   // ignored), the gradient scale; out, the loss without smoothing, log s and t (smoothing),
   // rest and ey (the label's gradient of 16-bit rows).
@@ -203,9 +237,16 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   // column blocks: no more, so that the batch's working set stays in L1 beside the rows).
   constexpr int kGroupCols = kBlocks * W;
   V ebuf[kSmallBatch / W * kGroupCols];
+  // In place, the rows' lines are fetched a batch ahead for ownership: lines another core
+  // wrote last (the layer before, or a copy) would otherwise come shared to the load and be
+  // claimed again by the gradient's store.
+  const bool in_place = kGrad && static_cast<const void*>(grad) == static_cast<const void*>(logits) &&
+                        grad_stride == logits_stride;
+  constexpr int64_t kAhead = 4 * kSmallBatch;
   int64_t i0 = r0;
   for (; i0 + W <= r1; i0 += kSmallBatch) {
     const int rows = int(min64(kSmallBatch, (r1 - i0) / W * W));
+    if (in_place) prefetch_rows_for_write(logits, logits_stride, C, i0 + kAhead, min64(i0 + kAhead + kSmallBatch, r1));
     // Simple loops the compiler vectorises (labels are validated: in [0, C) or ignore_index,
     // so the class index fits int32).
     const int64_t* yb = labels + i0;
@@ -301,7 +342,11 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         if constexpr (kLoss) dy = vselect(is_y, d, dy);
         if constexpr (kSmooth && kLoss) {
           const V scaled = d * V::set1(S(kSmoothSumScale));  // no float overflow near FLT_MAX
-          t = kWeighted ? fmadd(wv[j], scaled, t) : t + scaled;
+          if constexpr (kWeighted) {
+            if (weight_counts[j]) t = fmadd(wv[j], scaled, t);
+          } else {
+            t = t + scaled;
+          }
         }
         if constexpr (kGrad) cols[j] = e;
       }
@@ -520,17 +565,18 @@ SmallRowsFn small_rows_fixed(int64_t classes, std::integer_sequence<int, kIndex.
 template <class T, bool kSmooth, bool kWeighted>
 void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   constexpr int W = VecFor<compute_t<T>>::type::width;
-  static_assert(kSmallClasses <= 4 * W, "at most 4 column blocks");
+  static_assert(kSmallRowClasses<compute_t<T>> == 4 * W, "at most 4 column blocks");
   if constexpr (std::is_same_v<T, float> && !kSmooth && !kWeighted) {
-    return small_rows_fixed<T, kSmooth, kWeighted>(
-        a.classes, std::make_integer_sequence<int, int(kSmallClasses)>{})(a, r0, r1, mode);
-  } else {
-    switch ((a.classes + W - 1) / W) {
-      case 1: return ce_small_rows_blocks<T, kSmooth, kWeighted, 1>(a, r0, r1, mode);
-      case 2: if constexpr (kSmallClasses > W) return ce_small_rows_blocks<T, kSmooth, kWeighted, 2>(a, r0, r1, mode); break;
-      case 3: if constexpr (kSmallClasses > 2 * W) return ce_small_rows_blocks<T, kSmooth, kWeighted, 3>(a, r0, r1, mode); break;
-      case 4: if constexpr (kSmallClasses > 3 * W) return ce_small_rows_blocks<T, kSmooth, kWeighted, 4>(a, r0, r1, mode); break;
-      default: break;
+    if (a.classes <= kSmallClasses) {
+      return small_rows_fixed<T, kSmooth, kWeighted>(
+          a.classes, std::make_integer_sequence<int, int(kSmallClasses)>{})(a, r0, r1, mode);
     }
+  }
+  switch ((a.classes + W - 1) / W) {
+    case 1: return ce_small_rows_blocks<T, kSmooth, kWeighted, 1>(a, r0, r1, mode);
+    case 2: return ce_small_rows_blocks<T, kSmooth, kWeighted, 2>(a, r0, r1, mode);
+    case 3: return ce_small_rows_blocks<T, kSmooth, kWeighted, 3>(a, r0, r1, mode);
+    case 4: return ce_small_rows_blocks<T, kSmooth, kWeighted, 4>(a, r0, r1, mode);
+    default: break;
   }
 }

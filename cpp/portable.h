@@ -28,10 +28,13 @@
 #include <intrin.h>  // __prefetch (MSVC declares the ARM64-specific intrinsics there)
 #define FX_PREFETCH(p) __prefetch(static_cast<const void*>(p))
 #define FX_PREFETCH_L2(p) __prefetch(static_cast<const void*>(p))
+#define FX_PREFETCH_W(p) __prefetch(static_cast<const void*>(p))
 #else
+#include <intrin.h>  // _m_prefetchw
 #include <xmmintrin.h>
 #define FX_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0)
 #define FX_PREFETCH_L2(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1)
+#define FX_PREFETCH_W(p) _m_prefetchw(static_cast<const void*>(p))
 #endif
 #else
 #define FASTXENT_MSVC 0
@@ -48,4 +51,13 @@
 #define FX_PREFETCH(p) __builtin_prefetch(static_cast<const void*>(p), 0, 3)
 // The same into the level-2 cache (not level 1): data for later, such as the next row.
 #define FX_PREFETCH_L2(p) __builtin_prefetch(static_cast<const void*>(p), 0, 2)
+// A line about to be read and then written (in-place gradients): fetched for ownership at once,
+// not shared first and then claimed from the other cores by the store. x86: PREFETCHW, spelled
+// in assembly because the compilers emit it only under -mprfchw (CPUs without it, Intel before
+// Broadwell, run its encoding as a no-op); ARM: PRFM PSTL1KEEP.
+#if defined(__x86_64__) || defined(__i386__)
+#define FX_PREFETCH_W(p) __asm__ volatile("prefetchw %0" : : "m"(*static_cast<const char*>(static_cast<const void*>(p))))
+#else
+#define FX_PREFETCH_W(p) __builtin_prefetch(static_cast<const void*>(p), 1, 3)
+#endif
 #endif

@@ -1,4 +1,5 @@
-"""Rows of few classes (C <= 16), which the C++ kernels process one row per vector lane: whole
+"""Rows of few classes (C <= 16, and up to 4 vectors of classes: 32 with AVX2, 64 with AVX-512, in
+forward and fused passes), which the C++ kernels process one row per vector lane: whole
 groups of rows, ragged tails (N not a multiple of the lane count, batches of 64 rows), class
 counts around the vector width, strided and reversed rows, out= and inplace views, ignored
 rows, weights, smoothing and special values inside a group of rows, 16-bit logits."""
@@ -24,8 +25,9 @@ from test_extras import check_against_reference
 # Every count: float32 rows have one kernel instantiation per class count. 1 and 2: degenerate;
 # 3, 5, 7: under a vector (odd: contiguous rows move by blends and lane permutes, not
 # transposes); 8, 16: whole vectors of float32 lanes; 9-15: a partial second column block;
-# 17: just past the small-row path.
-CLASSES = list(range(1, 18))
+# 17-64: two to four column blocks (AVX2 to 32, AVX-512 to 64) with ragged last blocks, and 65:
+# past them (rows with a masked last vector).
+CLASSES = list(range(1, 18)) + [20, 24, 31, 32, 33, 40, 47, 48, 63, 64, 65]
 # Whole groups of 4, 8 or 16 rows (a vector of lanes), ragged tails, several batches of 64 rows.
 ROWS = [8, 29, 523]
 
@@ -51,7 +53,7 @@ def test_against_reference(fast_backend, threads, c, n, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("c", [3, 9, 16])
+@pytest.mark.parametrize("c", [3, 9, 16, 24, 40])
 def test_strided_views(fast_backend, threads, c, dtype, rng):
     """Column slices, every other row and reversed rows, for the logits, out= and inplace:
     the same bits as contiguous arrays, and nothing outside the views written."""
@@ -94,7 +96,7 @@ def test_strided_views(fast_backend, threads, c, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("c", [3, 4, 12])
+@pytest.mark.parametrize("c", [3, 4, 12, 24, 40, 64])
 def test_special_rows_in_a_group(fast_backend, threads, c, dtype, rng):
     """-inf entries, a lone finite class, huge logits, an all -inf row, a NaN row, an ignored
     NaN row: each row's result is its own, whatever shares its group of lanes."""
@@ -142,7 +144,7 @@ def test_special_rows_in_a_group(fast_backend, threads, c, dtype, rng):
     assert_grad_close(bgrad[modest], want_grad[modest], dtype, scale)
 
 
-@pytest.mark.parametrize("c", [1, 3, 9, 16])
+@pytest.mark.parametrize("c", [1, 3, 9, 16, 24, 40])
 def test_half_precision_groups(fast_backend, threads, c, rng):
     """float16 and bfloat16 rows through the small-row path (whole groups and a ragged tail),
     within an ulp or so of the float64 answer for the 16-bit inputs."""
@@ -159,6 +161,29 @@ def test_half_precision_groups(fast_backend, threads, c, rng):
         scale = gradient_scale(labels, c, **opts)
         np.testing.assert_allclose(np.asarray(loss, np.float64), want_loss, rtol=eps, atol=eps * 1e-3)
         np.testing.assert_allclose(grad.astype(np.float64), want_grad, rtol=eps, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("n", [5, 64])
+@pytest.mark.parametrize("c", [7, 23, 40, 64, 100])
+def test_zero_weight_class_at_minus_inf_with_smoothing(fast_backend, c, n, dtype, rng):
+    """A class of weight 0 adds 0 to the smoothing term even where its logit is -inf (PyTorch
+    gives NaN: 0 * -inf), on the row path (5 rows) and a row per lane (64 rows)."""
+    x = make_logits(rng, (n, c), dtype)
+    x[:, 2] = -np.inf
+    labels = make_labels(rng, (n,), c)
+    labels[labels == 2] = 0
+    w = make_weight(rng, c)
+    w[2] = 0.0
+    opts = {"weight": w, "label_smoothing": 0.1}
+    for reduction in ("mean", "none"):
+        loss, grad = fastxent.cross_entropy_with_grad(x, labels, backend=fast_backend,
+                                                      reduction=reduction, **opts)
+        want_loss, want_grad = fastxent.cross_entropy_with_grad(x, labels, backend="numpy",
+                                                                reduction=reduction, **opts)
+        assert np.isfinite(loss).all() and np.isfinite(grad).all()
+        assert_loss_close(loss, want_loss, dtype, x[np.isfinite(x)])
+        assert_grad_close(grad, want_grad, dtype, gradient_scale(labels, c, reduction=reduction, **opts))
 
 
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64])

@@ -303,10 +303,11 @@ int main() {
   std::printf("\n");
 
   const DType dtypes[] = {DType::f32, DType::f64, DType::f16, DType::bf16};
-  // Every class count of the rows-per-lane path (float rows have one instantiation each), then
-  // block boundaries and long rows.
+  // Every class count with its own instantiation on the rows-per-lane path (float rows up to
+  // 16), that path's 2-4 column blocks (to 32 classes with AVX2, 64 with AVX-512) with ragged
+  // last blocks, then block boundaries and long rows (their masked tails too).
   const int64_t class_counts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
-                                  31, 33, 64, 100, 257, 1000, 4099};
+                                  18, 24, 31, 32, 33, 40, 47, 48, 63, 64, 65, 100, 257, 1000, 4099};
   Rng rng{12345};
   int cases = 0;
   for (DType d : dtypes) {
