@@ -518,7 +518,8 @@ inline void scale_blocks(const compute_t<T>* e, T* out, int64_t n, const double*
       const int64_t bytes = min64(kBlock, n - c0) * int64_t(sizeof(T));
       for (int64_t b = 0; b < bytes; b += kLineBytes) FX_PREFETCH_L2(next + b);
     }
-    const S factor = S(alpha * FX_EXP(block_shift[k] - m));
+    // (A row of one block, or a block holding the row's max: the factor is alpha, no exp call.)
+    const S factor = S(block_shift[k] == m ? alpha : alpha * FX_EXP(block_shift[k] - m));
     scale_row<T, kSmooth, kWeighted>(e + c0, out + c0, min64(kBlock, n - c0), factor, beta,
                                      kWeighted ? w + c0 : nullptr, stream);
   }
