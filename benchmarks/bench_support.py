@@ -13,7 +13,9 @@ QUICK = os.environ.get("FASTXENT_BENCH_QUICK", "").strip() not in ("", "0")
 CAP_BYTES = 512 * 2**20
 
 GRID = [(n, c) for n in (1, 64, 4096, 65536) for c in (10, 1000, 32000, 128256) if n * c * 4 <= CAP_BYTES]
-MODEL_SHAPES = [(8192, 1000), (4096, 32000), (512, 128256), (32, 262144), (65536, 3)]
+# (65536, 32) and (16384, 100): class counts past the 16 where the row-per-lane kernel used to end.
+MODEL_SHAPES = [(8192, 1000), (4096, 32000), (512, 128256), (32, 262144), (65536, 3), (65536, 32),
+                (16384, 100)]
 QUICK_SHAPES = [(64, 1000), (4096, 10), (64, 32000)]  # in GRID too: -m quick picks them from a full run
 SHAPES = QUICK_SHAPES if QUICK else list(dict.fromkeys(GRID + MODEL_SHAPES))
 

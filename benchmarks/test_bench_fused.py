@@ -41,6 +41,20 @@ def test_cpp_inplace(benchmark, case):
     case.check("cpp fused inplace", loss, grad)
 
 
+def test_cpp_out_restored(benchmark, case, out):
+    """out= after the same untimed restore as test_cpp_inplace: its like-for-like comparison
+    (the restore leaves the logits dirty in the calling thread's cache)."""
+    benchmark.group = group("fused", case)
+    x, y = case.logits, case.labels
+    work = np.empty_like(x)
+    loss, grad = run(
+        benchmark, lambda: xent(work, y, out=out, backend="cpp"),
+        setup=lambda: np.copyto(work, x), case=case,
+    )
+    assert grad is out
+    case.check("cpp fused out= after restore", loss, grad)
+
+
 def test_numba_out(benchmark, case, out):
     why = fb.numba_missing()
     if why:
