@@ -28,31 +28,21 @@ def test_cpp_out(benchmark, case, out):
     case.check("cpp fused out=", loss, grad)
 
 
-def test_cpp_inplace(benchmark, case):
-    """inplace=True overwrites the logits, so each round restores them first (off the clock)."""
+@pytest.mark.parametrize("inplace", [True, False], ids=["inplace", "out-restored"])
+def test_cpp_restored(benchmark, case, out, inplace):
+    """Each round restores the logits into a work buffer first (off the clock): inplace=True
+    overwrites them, and out= after the same restore is its like-for-like comparison (the
+    restore leaves the logits dirty in the calling thread's cache)."""
     benchmark.group = group("fused", case)
     x, y = case.logits, case.labels
     work = np.empty_like(x)
+    kwargs = {"inplace": True} if inplace else {"out": out}
     loss, grad = run(
-        benchmark, lambda: xent(work, y, inplace=True, backend="cpp"),
+        benchmark, lambda: xent(work, y, backend="cpp", **kwargs),
         setup=lambda: np.copyto(work, x), case=case,
     )
-    assert grad is work
-    case.check("cpp fused inplace", loss, grad)
-
-
-def test_cpp_out_restored(benchmark, case, out):
-    """out= after the same untimed restore as test_cpp_inplace: its like-for-like comparison
-    (the restore leaves the logits dirty in the calling thread's cache)."""
-    benchmark.group = group("fused", case)
-    x, y = case.logits, case.labels
-    work = np.empty_like(x)
-    loss, grad = run(
-        benchmark, lambda: xent(work, y, out=out, backend="cpp"),
-        setup=lambda: np.copyto(work, x), case=case,
-    )
-    assert grad is out
-    case.check("cpp fused out= after restore", loss, grad)
+    assert grad is (work if inplace else out)
+    case.check("cpp fused inplace" if inplace else "cpp fused out= after restore", loss, grad)
 
 
 def test_numba_out(benchmark, case, out):

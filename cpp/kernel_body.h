@@ -281,9 +281,9 @@ inline BlockSums exp_block(const T* x, compute_t<T>* out, int64_t n, compute_t<T
         const V scaled = shifted * V::set1(S(kSmoothSumScale));
         const V zero = V::set1(S(0));
         if constexpr (kWeighted) {
-          const V wj = V::load_first(w + j, lanes_left);  // 0 past the row
-          const V term = zero_below(vmax(wj, zero - wj), V::set1(S(kTinyWeight)), wj * scaled);
-          acc_t.add(vselect(live, term, zero), 1);
+          // wj is 0 past the row, so zero_below zeroes those lanes (kTinyWeight is normal).
+          const V wj = V::load_first(w + j, lanes_left);
+          acc_t.add(zero_below(vmax(wj, zero - wj), V::set1(S(kTinyWeight)), wj * scaled), 1);
           acc_w.add(wj, 1);
         } else {
           acc_t.add(vselect(live, scaled, zero), 1);

@@ -163,11 +163,10 @@ constexpr int64_t kSmallBatch = 64;
 template <class T>
 FX_ALWAYS_INLINE void prefetch_rows_for_write(const T* rows, int64_t stride, int C, int64_t r0, int64_t r1) {
   if (r0 >= r1) return;
-  constexpr int64_t kLine = 64;
   if (stride == C) {
     const char* begin = reinterpret_cast<const char*>(rows + r0 * stride);
     const char* end = reinterpret_cast<const char*>(rows + r1 * stride);
-    for (const char* p = begin; p < end; p += kLine) FX_PREFETCH_W(p);
+    for (const char* p = begin; p < end; p += kLineBytes) FX_PREFETCH_W(p);
   } else {
     for (int64_t i = r0; i < r1; ++i) {
       const char* row = reinterpret_cast<const char*>(rows + i * stride);
