@@ -30,11 +30,20 @@ struct HasTranspose : std::false_type {};
 template <class V>
 struct HasTranspose<V, std::void_t<decltype(V::transpose(static_cast<V*>(nullptr)))>> : std::true_type {};
 
-// r[i] lane j <-> r[j] lane i.
-template <class V>
+// r[i] lane j <-> r[j] lane i. Only r[0, kOut) is wanted afterwards, and r[kIn, W) is taken as
+// zero: the shuffles that feed only unwanted outputs, or read only zeros, fold away (a block of
+// 10 classes: 10 of the 64 shuffles each way with AVX-512).
+template <class V, int kIn = V::width, int kOut = V::width>
 inline void transpose_square(V* r) {
   if constexpr (HasTranspose<V>::value) {
-    V::transpose(r);
+    if constexpr (kIn == V::width && kOut == V::width) {
+      V::transpose(r);
+    } else {
+      V t[V::width];
+      for (int i = 0; i < V::width; ++i) t[i] = i < kIn ? r[i] : V::set1(typename V::scalar(0));
+      V::transpose(t);
+      for (int j = 0; j < kOut; ++j) r[j] = t[j];
+    }
   } else {
     using S = typename V::scalar;
     constexpr int W = V::width;
@@ -235,6 +244,8 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   // The batch's exp values (then gradients), a group of W rows per kGroupCols vectors (its
   // column blocks: no more, so that the batch's working set stays in L1 beside the rows).
   constexpr int kGroupCols = kBlocks * W;
+  // The classes in the last column block, when C is fixed (else W: all lanes treated as live).
+  constexpr int kLastLive = kClasses > 0 ? kClasses - (kBlocks - 1) * W : W;
   V ebuf[kSmallBatch / W * kGroupCols];
   // In place, the rows' lines are fetched a batch ahead for ownership: lines another core
   // wrote last (the layer before, or a copy) would otherwise come shared to the load and be
@@ -304,7 +315,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
             load_two_columns(src + b * W, src_stride, r);
           } else {
             for (int l = 0; l < W; ++l) r[l] = V::load_first(src + l * src_stride + b * W, C - b * W);
-            transpose_square(r);
+            transpose_square<V, W, kLastLive>(r);
           }
         }
       }
@@ -459,7 +470,8 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
           }
           store_two_columns(cols + (blocks - 1) * W, dst + (blocks - 1) * W, dst_stride);
         } else {
-          for (int b = 0; b < blocks; ++b) transpose_square(cols + b * W);
+          for (int b = 0; b + 1 < blocks; ++b) transpose_square(cols + b * W);
+          transpose_square<V, kLastLive, W>(cols + (blocks - 1) * W);
           // Rows in order, each a full vector per block: with contiguous rows, what a vector
           // writes past its row's n classes is rewritten by the next store, so only the stores
           // that would pass the group's end (and every store of strided rows) are cut to n
