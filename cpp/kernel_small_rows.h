@@ -30,9 +30,10 @@ struct HasTranspose : std::false_type {};
 template <class V>
 struct HasTranspose<V, std::void_t<decltype(V::transpose(static_cast<V*>(nullptr)))>> : std::true_type {};
 
-// r[i] lane j <-> r[j] lane i. Only r[0, kOut) is wanted afterwards, and r[kIn, W) is taken as
-// zero: the shuffles that feed only unwanted outputs, or read only zeros, fold away (a block of
-// 10 classes: 10 of the 64 shuffles each way with AVX-512).
+// r[i] lane j <-> r[j] lane i. Only r[0, kOut) is wanted afterwards and the values of r[kIn, W)
+// do not matter: with an in-register transpose they are read as zero, so the shuffles that feed
+// only unwanted outputs, or read only zeros, fold away (a block of 10 classes: 10 of the 64
+// shuffles each way with AVX-512).
 template <class V, int kIn = V::width, int kOut = V::width>
 inline void transpose_square(V* r) {
   if constexpr (HasTranspose<V>::value) {
