@@ -20,13 +20,24 @@ namespace {
 constexpr int64_t kSumBlock = 256;
 
 double sum_values(const double* x, int64_t n) {
-  // Four running sums: one would wait for the previous add on every element.
-  double s[4] = {0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int k = 0; k < 4; ++k) s[k] += x[i + k];
-  for (; i < n; ++i) s[0] += x[i];
-  return (s[0] + s[1]) + (s[2] + s[3]);
+  // Sixteen running sums, which the compiler packs into vectors (with four, every add waited on
+  // the last one), started from the first values (a zeroed array compiled to a slow rep stos).
+  // A 256-row block: 28 -> 20 ns.
+  constexpr int kSums = 16;
+  if (n < kSums) {
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) total += x[i];
+    return total;
+  }
+  double s[kSums];
+  for (int k = 0; k < kSums; ++k) s[k] = 0.0 + x[k];  // (0.0 +: a sum of -0.0 losses is +0.0, as before)
+  int64_t i = kSums;
+  for (; i + kSums <= n; i += kSums)
+    for (int k = 0; k < kSums; ++k) s[k] += x[i + k];
+  for (int k = 0; i < n; ++i, ++k) s[k] += x[i];
+  for (int half = kSums / 2; half > 0; half /= 2)
+    for (int k = 0; k < half; ++k) s[k] += s[k + half];
+  return s[0];
 }
 
 // Below this many logits a call runs on the calling thread: waking workers costs more.
