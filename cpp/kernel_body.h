@@ -167,6 +167,24 @@ FX_ALWAYS_INLINE void for_each_vector_tail(int64_t n, F&& f, Tail&& tail) {
   }
 }
 
+// r's first n lanes stored at p in pieces of W/2, W/4, ... 1 lanes, each inside [p, p + n): for
+// gradients written over the logits, whose next row is read right after. Its first loads would
+// overlap the whole vector of a masked store, which cannot forward, and wait for that store to
+// reach the cache: about 15 ns a row (inplace at 100 classes, AVX-512: 20% slower than out=).
+template <class V>
+FX_ALWAYS_INLINE void store_first_within(V r, typename V::scalar* p, int n) {
+  using S = typename V::scalar;
+  alignas(64) S lanes[V::width];
+  r.store(lanes);
+  int k = 0;
+  for (int piece = V::width / 2; piece >= 1; piece /= 2) {  // (unrolled: fixed sizes)
+    if (n & piece) {
+      FX_MEMCPY(p + k, lanes + k, sizeof(S) * static_cast<decltype(sizeof(S))>(piece));
+      k += piece;
+    }
+  }
+}
+
 // Rows read from memory ask for the data this far ahead: the hardware prefetchers alone keep
 // too few lines in flight for a loop that also computes an exp per element.
 constexpr int64_t kPrefetchBytes = 16 * 1024;
@@ -333,7 +351,8 @@ FX_ALWAYS_INLINE void for_each_streamed(S* out, int64_t n, F&& f) {
 // (not when streamed).
 template <class T, bool kSmooth, bool kWeighted>
 inline void scale_row(const compute_t<T>* in, T* out, int64_t n, compute_t<T> alpha,
-                      compute_t<T> beta, const compute_t<T>* w, bool stream = false) {
+                      compute_t<T> beta, const compute_t<T>* w, bool stream = false,
+                      bool tail_within = false) {
   using S = compute_t<T>;
   auto scaled = [&](auto v, int64_t j) {
     using VV = decltype(v);
@@ -353,7 +372,11 @@ inline void scale_row(const compute_t<T>* in, T* out, int64_t n, compute_t<T> al
       using V = typename VecFor<S>::type;
       V r = V::load_first(in + j, lanes_left) * V::set1(alpha);
       if constexpr (kSmooth) r = r - (kWeighted ? V::load_first(w + j, lanes_left) * V::set1(beta) : V::set1(beta));
-      r.store_first(out + j, lanes_left);
+      if (tail_within) {
+        store_first_within(r, out + j, lanes_left);
+      } else {
+        r.store_first(out + j, lanes_left);
+      }
     }
   });
 }
@@ -510,7 +533,7 @@ struct ExpRow {
 template <class T, bool kSmooth, bool kWeighted>
 inline void scale_blocks(const compute_t<T>* e, T* out, int64_t n, const double* block_shift,
                          double m, double alpha, compute_t<T> beta, const compute_t<T>* w,
-                         bool stream = false, const T* next_row = nullptr) {
+                         bool stream = false, const T* next_row = nullptr, bool tail_within = false) {
   using S = compute_t<T>;
   for (int64_t c0 = 0, k = 0; c0 < n; c0 += kBlock, ++k) {
     if (next_row) {
@@ -521,7 +544,7 @@ inline void scale_blocks(const compute_t<T>* e, T* out, int64_t n, const double*
     // (A row of one block, or a block holding the row's max: the factor is alpha, no exp call.)
     const S factor = S(block_shift[k] == m ? alpha : alpha * FX_EXP(block_shift[k] - m));
     scale_row<T, kSmooth, kWeighted>(e + c0, out + c0, min64(kBlock, n - c0), factor, beta,
-                                     kWeighted ? w + c0 : nullptr, stream);
+                                     kWeighted ? w + c0 : nullptr, stream, tail_within);
   }
 }
 
@@ -740,7 +763,7 @@ void ce_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     if (cached) {
       scale_blocks<T, kSmooth, kWeighted>(exp_row.row(g), g, C, block_shift, shift,
                                           c.p_coef * inv_s, S(c.smooth_coef), w, stream,
-                                          i + 1 < r1 ? x + a.logits_stride : nullptr);
+                                          i + 1 < r1 ? x + a.logits_stride : nullptr, in_place);
     } else if (!kNarrow<T> || mode != CeMode::backward) {
       write_grad<T, kSmooth, kWeighted>(x, g, C, S(shift), S(c.p_coef * inv_s), S(c.smooth_coef),
                                         w, stream);

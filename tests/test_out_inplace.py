@@ -150,6 +150,30 @@ def test_strided_out_and_inplace(backend, threads, dtype, c, rng):
     np.testing.assert_array_equal(rev, grad)
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_inplace_row_tails(backend, dtype, rng):
+    """Rows of 65-80 classes (one row at a time, every length of a row's last partial vector)
+    written over the logits, contiguous and inside a wider buffer: the same gradient and loss
+    as out=, and nothing written past a row (its last lanes are stored in pieces inside it)."""
+    n = 5
+    for c in range(65, 81):
+        with case(f"C={c}"):
+            logits = make_logits(rng, (n, c), dtype)
+            labels = make_labels(rng, (n,), c)
+            labels[0], labels[-1] = 0, c - 1
+            loss, grad = fastxent.cross_entropy_with_grad(logits, labels, backend=backend)
+            work = logits.copy()
+            loss_in, res = fastxent.cross_entropy_with_grad(work, labels, inplace=True, backend=backend)
+            assert res is work
+            np.testing.assert_array_equal(work, grad)
+            np.testing.assert_array_equal(loss_in, loss)
+            big = np.full((n, c + 3), 9.0, dtype)
+            big[:, :c] = logits
+            fastxent.cross_entropy_with_grad(big[:, :c], labels, inplace=True, backend=backend)
+            np.testing.assert_array_equal(big[:, :c], grad)
+            assert np.all(big[:, c:] == 9.0)
+
+
 def test_out_same_as_logits_is_inplace(backend, rng):
     """out=logits (the very same array) is allowed and equals inplace=True."""
     logits = make_logits(rng, (5, 33), np.float32)

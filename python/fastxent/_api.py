@@ -153,10 +153,14 @@ def cross_entropy_with_grad(logits: ArrayLike, labels: ArrayLike, *,
     d logits, in the logits' dtype and shape. out= writes grad into that array; inplace=True
     writes it over logits."""
     if (type(logits) is _ndarray and type(labels) is _ndarray and weight is None
-            and softcap is None and not inplace and not return_z_loss and not return_accuracy
+            and softcap is None and not return_z_loss and not return_accuracy
             and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0
-            and type(grad_output) in (float, int)):
-        fast = _fast_call(_FUSED, logits, labels, reduction, grad_output, out, backend)
+            and type(grad_output) in (float, int)
+            and (not inplace or (out is None and logits.flags.c_contiguous))):
+        # inplace=True is out=logits there (its overlap check allows exactly that); other
+        # layouts, and out= beside inplace=True, take the full path, which explains them.
+        fast = _fast_call(_FUSED, logits, labels, reduction, grad_output,
+                          logits if inplace else out, backend)
         if fast is not None:
             return fast
     problem = make_problem(logits, labels, weight, ignore_index, label_smoothing, reduction,
