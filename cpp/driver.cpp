@@ -30,7 +30,8 @@ double sum_values(const double* x, int64_t n) {
     return total;
   }
   double s[kSums];
-  for (int k = 0; k < kSums; ++k) s[k] = 0.0 + x[k];  // (0.0 +: a sum of -0.0 losses is +0.0, as before)
+  // (0.0 +: a sum of -0.0 losses stays +0.0, as with sums started from zero)
+  for (int k = 0; k < kSums; ++k) s[k] = 0.0 + x[k];
   int64_t i = kSums;
   for (; i + kSums <= n; i += kSums)
     for (int k = 0; k < kSums; ++k) s[k] += x[i + k];
