@@ -544,6 +544,8 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   if (i0 < r1) ce_rows<T, kSmooth, kWeighted>(a, i0, r1, kMode);
 }
 
+#include "kernel_few_classes.h"  // (uses the helpers above)
+
 template <class T, bool kSmooth, bool kWeighted, int kBlocks, int kClasses = 0>
 void ce_small_rows_blocks(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   switch (mode) {
@@ -560,7 +562,15 @@ void ce_small_rows_blocks(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) 
 // fixing C for them too grew the library by 1.7 MB.
 template <class T, bool kSmooth, bool kWeighted, int kClasses>
 void ce_small_rows_fixed(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
-  constexpr int W = VecFor<compute_t<T>>::type::width;
+  using V = typename VecFor<compute_t<T>>::type;
+  constexpr int W = V::width;
+  if (std::is_same_v<T, float> && !kSmooth && few_class_rows_apply<V, kClasses>(a)) {
+    switch (mode) {
+      case CeMode::forward: r0 = few_class_rows<V, CeMode::forward, kClasses>(a, r0, r1); break;
+      case CeMode::fused: r0 = few_class_rows<V, CeMode::fused, kClasses>(a, r0, r1); break;
+      case CeMode::backward: r0 = few_class_rows<V, CeMode::backward, kClasses>(a, r0, r1); break;
+    }
+  }
   ce_small_rows_blocks<T, kSmooth, kWeighted, (kClasses + W - 1) / W, kClasses>(a, r0, r1, mode);
 }
 

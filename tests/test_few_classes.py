@@ -1,0 +1,118 @@
+"""The plain few-class kernel (cpp/kernel_few_classes.h): float32 rows of 1-7 classes,
+contiguous, without class weights, per-row grad_output, z-loss or accuracy, taken in batches of
+several vector groups of rows (64 rows with AVX-512, 32 with AVX2) and the rest by the general
+row-per-lane code. It must give the same bits as that general code, which class weights of 1
+select (the same arithmetic with a weight that multiplies exactly), and the reference's
+answers, with special values and ignored rows anywhere in a batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastxent
+from _helpers import assert_grad_close, assert_loss_close, gradient_scale, make_labels, make_logits
+from test_against_reference import check_all_modes
+
+CLASSES = [1, 2, 3, 4, 5, 6, 7, 8]
+# Whole batches only, whole batches and a ragged rest, and many batches.
+ROWS = [64, 64 * 3 + 13, 1000]
+
+
+def special_logits(rng, n, c):
+    """float32 logits with special rows spread over the batches (and their vector lanes)."""
+    big = float(np.finfo(np.float32).max) / 2
+    x = make_logits(rng, (n, c), np.float32)
+    rows = rng.permutation(min(n, 192))[:10]  # inside the whole batches
+    x[rows[0], ::2] = -np.inf                       # masked classes
+    x[rows[1], 1:] = -np.inf                        # one class left
+    x[rows[2]] = [big if j % 3 == 0 else -big for j in range(c)]
+    x[rows[3]] = 1e30
+    x[rows[4]] = -np.inf                            # all -inf: NaN loss and gradient
+    x[rows[5], c // 2] = np.nan                     # NaN: NaN in this row only
+    x[rows[6], 0] = np.nan                          # NaN in an ignored row: zeros there
+    x[rows[7], 0] = 40.0                            # confident rows: p_y = 1 - 1e-17 ...
+    x[rows[8], 0] = -40.0                           # ... and p_y = 1e-17
+    x[rows[9]] = -big
+    labels = make_labels(rng, (n,), c, ignore_index=-100, ignore_frac=0.2)
+    labels[rows[[0, 1, 2, 7, 8]]] = [min(1, c - 1), 0, 0, 0, 0]
+    labels[rows[[4, 5]]] = c - 1
+    labels[rows[6]] = -100
+    return x, labels, rows
+
+
+def results(x, labels, backend, **opts):
+    """(loss, fused grad, forward loss, lse, backward grad from that lse)."""
+    loss, grad = fastxent.cross_entropy_with_grad(x, labels, backend=backend, **opts)
+    floss, lse = fastxent.cross_entropy_forward(x, labels, backend=backend, **opts)
+    bgrad = fastxent.cross_entropy_backward(x, labels, lse, backend=backend, **opts)
+    return loss, grad, floss, lse, bgrad
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("n", ROWS)
+@pytest.mark.parametrize("c", CLASSES)
+def test_same_bits_as_the_general_code(cpp_isa, threads, c, n, reduction, rng):
+    x, labels, _ = special_logits(rng, n, c)
+    plain = results(x, labels, "cpp", reduction=reduction)
+    general = results(x, labels, "cpp", reduction=reduction, weight=np.ones(c, np.float32))
+    for name, got, want in zip(["loss", "grad", "forward loss", "lse", "backward grad"], plain, general):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+@pytest.mark.parametrize("n", ROWS)
+@pytest.mark.parametrize("c", CLASSES)
+def test_against_reference(fast_backend, threads, c, n, rng):
+    x = make_logits(rng, (n, c), np.float32)
+    labels = make_labels(rng, (n,), c, ignore_index=-100, ignore_frac=0.2)
+    labels[:2] = [0, c - 1]
+    for reduction in ["mean", "sum", "none"]:
+        check_all_modes(x, labels, fast_backend, reduction=reduction)
+
+
+@pytest.mark.parametrize("c", CLASSES)
+def test_special_rows(fast_backend, threads, c, rng):
+    n = 64 * 3 + 13
+    x, labels, rows = special_logits(rng, n, c)
+    loss, grad, _, lse, bgrad = results(x, labels, fast_backend, reduction="none")
+    want_loss, want_grad = fastxent.cross_entropy_with_grad(x, labels, backend="numpy", reduction="none")
+    bad = rows[[4, 5]]
+    assert np.isnan(loss[bad]).all() and np.isnan(grad[bad]).all() and np.isnan(bgrad[bad]).all()
+    ignored = labels == -100
+    assert np.all(loss[ignored] == 0) and np.all(grad[ignored] == 0) and np.all(bgrad[ignored] == 0)
+    assert np.all(lse[ignored] == 0)
+    ok = np.setdiff1d(np.arange(n), bad)
+    scale = gradient_scale(labels, c, reduction="none")
+    assert_loss_close(loss[ok], want_loss[ok], np.float32, x[ok][np.isfinite(x[ok])])
+    assert_grad_close(grad[ok], want_grad[ok], np.float32, scale)
+    # A confident row keeps its precision: -log p_y = log1p(sum_j!=y exp(z_j - z_y)), about
+    # 1e-15, relative to its size (lse - z_y cancels there, even in float64).
+    # (The row-at-a-time code takes lse - z_y: the scalar ISA's in double, numba's in float32,
+    # so there the error is bounded by their rounding at |z_y| = 40 instead.)
+    z = x[rows[7]].astype(np.float64)
+    exact = np.log1p(np.sum(np.exp(np.delete(z, 0) - z[0])))
+    if fast_backend != "cpp":
+        atol = 40 * float(np.finfo(np.float32).eps)
+    else:
+        atol = 2.3e-16 if fastxent._backends._core_or_none().isa() == "scalar" else 0.0
+    np.testing.assert_allclose(loss[rows[7]], exact, rtol=1e-5, atol=atol)
+    # (not the huge rows: exp(z - lse) from an lse rounded at 1e38 is not the softmax)
+    modest = np.setdiff1d(ok, rows[[2, 3, 9]])
+    assert_grad_close(bgrad[modest], want_grad[modest], np.float32, scale)
+
+
+@pytest.mark.parametrize("c", [1, 3, 4, 7])
+def test_inplace_and_out(cpp_isa, threads, c, rng):
+    """inplace=True and out= give the fused gradient of a fresh array, bit for bit."""
+    n = 64 * 5 + 7
+    x, labels, _ = special_logits(rng, n, c)
+    loss, grad = fastxent.cross_entropy_with_grad(x, labels, backend="cpp")
+    out = np.full_like(x, 7.0)
+    loss_out, same = fastxent.cross_entropy_with_grad(x, labels, backend="cpp", out=out)
+    assert same is out
+    y = x.copy()
+    loss_in, over = fastxent.cross_entropy_with_grad(y, labels, backend="cpp", inplace=True)
+    assert np.shares_memory(over, y)
+    for got in (out, over):
+        np.testing.assert_array_equal(got, grad)
+    np.testing.assert_array_equal([loss_out, loss_in], [loss, loss])  # (NaN: the NaN row)
