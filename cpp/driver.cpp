@@ -16,30 +16,7 @@ namespace {
 
 #include "simd/half_scalar.h"
 
-// Rows per block of the loss sums (see run_cross_entropy).
-constexpr int64_t kSumBlock = 256;
-
-double sum_values(const double* x, int64_t n) {
-  // Sixteen running sums, which the compiler packs into vectors (with four, every add waited on
-  // the last one), started from the first values (a zeroed array compiled to a slow rep stos).
-  // A 256-row block: 28 -> 20 ns.
-  constexpr int kSums = 16;
-  if (n < kSums) {
-    double total = 0;
-    for (int64_t i = 0; i < n; ++i) total += x[i];
-    return total;
-  }
-  double s[kSums];
-  // (0.0 +: a sum of -0.0 losses stays +0.0, as with sums started from zero)
-  for (int k = 0; k < kSums; ++k) s[k] = 0.0 + x[k];
-  int64_t i = kSums;
-  for (; i + kSums <= n; i += kSums)
-    for (int k = 0; k < kSums; ++k) s[k] += x[i + k];
-  for (int k = 0; i < n; ++i, ++k) s[k] += x[i];
-  for (int half = kSums / 2; half > 0; half /= 2)
-    for (int k = 0; k < half; ++k) s[k] += s[k + half];
-  return s[0];
-}
+#include "loss_sums.h"
 
 // Below this many logits a call runs on the calling thread: waking workers costs more.
 constexpr int64_t kMinParallelLogits = 1 << 15;
@@ -391,6 +368,12 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums) {
   const int64_t blocks = want_sums ? (a.rows + kSumBlock - 1) / kSumBlock : 0;
   std::vector<double> block_loss(size_t(blocks), 0.0), block_z(a.row_z ? size_t(blocks) : 0, 0.0);
   std::vector<uint8_t> block_done(size_t(blocks), 0);
+  // Kernels that can may sum whole blocks themselves (nothing reads row_loss after a summed call).
+  CeArgs args = a;
+  if (want_sums && !a.row_z) {
+    args.block_loss = block_loss.data();
+    args.block_done = block_done.data();
+  }
   auto sum_block = [&](int64_t b) {
     const int64_t r0 = b * kSumBlock, n = std::min(a.rows, r0 + kSumBlock) - r0;
     block_loss[size_t(b)] = sum_values(a.row_loss + r0, n);
@@ -401,7 +384,8 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums) {
   auto sum_blocks_inside = [&](int64_t r0, int64_t r1) {
     if (!want_sums) return;
     const int64_t b1 = r1 == a.rows ? blocks : r1 / kSumBlock;
-    for (int64_t b = (r0 + kSumBlock - 1) / kSumBlock; b < b1; ++b) sum_block(b);
+    for (int64_t b = (r0 + kSumBlock - 1) / kSumBlock; b < b1; ++b)
+      if (!block_done[size_t(b)]) sum_block(b);
   };
 
   const int threads = get_num_threads();
@@ -409,14 +393,20 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums) {
   // (Soft-capped logits and probability targets run whole rows: the split merge knows neither.)
   const bool splittable = a.softcap == 0.0 && a.targets == nullptr;
   if (threads == 1 || work < kMinParallelLogits) {
-    ce_rows(table, a, mode, 0, a.rows);
+    ce_rows(table, args, mode, 0, a.rows);
   } else if (splittable && a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
     split_rows(table, a, mode, threads);
   } else {
     const int64_t tasks = std::min<int64_t>(a.rows, int64_t(threads) * 4);
+    // With sums, tasks start on block boundaries, so that every block lies in one task.
+    const bool aligned = want_sums && a.rows >= tasks * kSumBlock;
+    auto task_start = [&](int64_t k) {
+      const int64_t r = a.rows * k / tasks;
+      return aligned && k < tasks ? r / kSumBlock * kSumBlock : r;
+    };
     parallel_run(tasks, [&](int64_t k) {
-      const int64_t r0 = a.rows * k / tasks, r1 = a.rows * (k + 1) / tasks;
-      ce_rows(table, a, mode, r0, r1);
+      const int64_t r0 = task_start(k), r1 = task_start(k + 1);
+      ce_rows(table, args, mode, r0, r1);
       sum_blocks_inside(r0, r1);
     });
   }

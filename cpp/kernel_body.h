@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "label_count.h"
+#include "loss_sums.h"
 
 template <class S>
 struct VecFor;
@@ -924,6 +925,9 @@ void ce_capped_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     b.dtype = dtype_of<S>();
     b.softcap = 0;
     b.rows = n;
+
+    b.block_loss = nullptr;  // (rows counted from i0 here: not the driver's blocks)
+    b.block_done = nullptr;
     b.logits = capped;
     b.logits_stride = C;
     if (a.labels) b.labels = a.labels + i0;

@@ -51,6 +51,11 @@ struct CeArgs {
   double* row_z = nullptr;     // out (forward), per row: z_loss * lse^2 (0 for ignored rows)
   uint8_t* correct = nullptr;  // out (forward), per row: 1 when the first argmax is the label
   double softcap = 0;          // 0 = off
+  // Set by run_cross_entropy when it sums the losses and nothing reads row_loss after: a kernel
+  // may sum whole blocks of kSumBlock rows itself (loss_sums.h's order) into block_loss[b], set
+  // block_done[b] and leave those rows' row_loss unwritten. Null: every row's loss is written.
+  double* block_loss = nullptr;
+  uint8_t* block_done = nullptr;
 };
 
 // sum_j w_j (lse - z_j) = w_sum log s - t, t = sum_j w_j (z_j - m): the smoothing sum of a row

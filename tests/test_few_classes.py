@@ -116,3 +116,21 @@ def test_inplace_and_out(cpp_isa, threads, c, rng):
     for got in (out, over):
         np.testing.assert_array_equal(got, grad)
     np.testing.assert_array_equal([loss_out, loss_in], [loss, loss])  # (NaN: the NaN row)
+
+
+@pytest.mark.parametrize("softcap", [None, 20.0])
+@pytest.mark.parametrize("c", [1, 3, 7])
+def test_long_calls_same_bits(cpp_isa, threads, c, softcap, rng):
+    """Calls long enough for several threads' tasks (which start on blocks of the loss sums,
+    some of which the few-class kernel sums itself) and, with softcap, several chunks of
+    capped rows (counted from the chunk's first row, where the kernel must not sum blocks):
+    the mean and the sum are the general code's bits."""
+    n = 50000 + 77
+    x = make_logits(rng, (n, c), np.float32)
+    labels = make_labels(rng, (n,), c, ignore_index=-100, ignore_frac=0.1)
+    for reduction in ["mean", "sum"]:
+        opts = {"reduction": reduction, "softcap": softcap}
+        plain = results(x, labels, "cpp", **opts)
+        general = results(x, labels, "cpp", weight=np.ones(c, np.float32), **opts)
+        for name, got, want in zip(["loss", "grad", "forward loss", "lse", "backward grad"], plain, general):
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} {reduction}")
