@@ -925,7 +925,6 @@ void ce_capped_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
     b.dtype = dtype_of<S>();
     b.softcap = 0;
     b.rows = n;
-
     b.block_loss = nullptr;  // (rows counted from i0 here: not the driver's blocks)
     b.block_done = nullptr;
     b.logits = capped;

@@ -14,136 +14,126 @@ constexpr int kFewClasses = 7;
 template <class V, int C>
 constexpr int kFewGroups = C <= 5 ? 4 : 2;
 
+// Has V a few-class kernel for C classes (columns without a transpose)?
+template <class V, int C>
+constexpr bool few_class_fits() {
+  if constexpr (HasColumns<V>::value && C <= kFewClasses) {
+    return V::has_columns(C);
+  } else {
+    return false;
+  }
+}
+
 // Can few_class_rows take this call (the caller has T = float, C fixed, no smoothing)?
 template <class V, int C>
 FX_ALWAYS_INLINE bool few_class_rows_apply(const CeArgs& a) {
-  if constexpr (HasColumns<V>::value && C <= kFewClasses) {
-    if constexpr (V::has_columns(C)) {
-      return a.logits_stride == C && (a.grad == nullptr || a.grad_stride == C) && a.weight_f32 == nullptr &&
-             a.weight_f64 == nullptr && a.grad_rows == nullptr && a.z_loss == 0.0 && a.correct == nullptr;
-    }
-  }
-  return false;
+  return few_class_fits<V, C>() && a.logits_stride == C && (a.grad == nullptr || a.grad_stride == C) &&
+         a.weight_f32 == nullptr && a.weight_f64 == nullptr && a.grad_rows == nullptr && a.z_loss == 0.0 &&
+         a.correct == nullptr;
 }
 
 // Rows [r0, r1) in whole batches of kFewGroups * W rows; returns where it stopped (the caller
 // takes the rest).
 template <class V, CeMode kMode, int C>
 int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
-  if constexpr (HasColumns<V>::value && C <= kFewClasses) {
-    if constexpr (V::has_columns(C)) {
-      using S = float;
-      constexpr int W = V::width, G = kFewGroups<V, C>;
-      constexpr bool kGrad = kMode != CeMode::forward, kLoss = kMode != CeMode::backward;
-      const S* logits = static_cast<const S*>(a.logits);
-      S* grad = static_cast<S*>(a.grad);
-      S* lse_io = static_cast<S*>(a.lse);
-      double* row_loss = a.row_loss;
-      const int64_t* labels = a.labels;
-      const int64_t ignore_index = a.ignore_index;
-      const V zero = V::set1(S(0)), one = V::set1(S(1)), g = V::set1(S(a.grad_scale));
-      const bool in_place = kGrad && static_cast<const void*>(grad) == static_cast<const void*>(logits);
-      constexpr int64_t kBatch = int64_t(G) * W, kAhead = 4 * kSmallBatch;
-      static_assert(kSumBlock % kBatch == 0 && kSumLanes % W == 0, "a group lies in one block's lane run");
-      // The whole blocks of the loss sums among these rows, when they start on a block: summed
-      // here as they go (in loss_sums.h's order), their per-row losses not written (saves a
-      // store of 8 bytes a row here and a pass over them after: 65536 x 3 fused, 1 thread, 8%).
-      double* const block_loss = a.block_loss;
-      uint8_t* const block_done = a.block_done;
-      const int64_t summed_end =
-          kLoss && block_loss && r0 % kSumBlock == 0 ? (r0 + (r1 - r0) / kBatch * kBatch) / kSumBlock * kSumBlock : r0;
-      double sums[kSumLanes];
-      int64_t i = r0;
-      for (; i + kBatch <= r1; i += kBatch) {
-        if (in_place) prefetch_rows_for_write(logits, C, C, i + kAhead, min64(i + kAhead + kBatch, r1));
-        // The label as a float (-1 when ignored): simple loops the compiler vectorises.
-        alignas(64) int32_t y32[kBatch];
-        alignas(64) S yf[kBatch];
-        for (int k = 0; k < kBatch; ++k) y32[k] = labels[i + k] == ignore_index ? -1 : int32_t(labels[i + k]);
-        for (int k = 0; k < kBatch; ++k) yf[k] = S(y32[k]);
-        V cols[G][C], yv[G], shift[G], rest[G], ey[G], dy[G];
-        for (int q = 0; q < G; ++q) {
-          yv[q] = V::load(yf + q * W);
-          V::template load_columns<C>(logits + (i + q * W) * C, cols[q]);
-          if constexpr (kLoss) {
-            V m = cols[q][0];
-            for (int j = 1; j < C; ++j) m = vmax(m, cols[q][j]);
-            shift[q] = m;
-          } else {
-            shift[q] = V::load(lse_io + i + q * W);
-          }
-        }
-        for (int q = 0; q < G; ++q) {
-          V r = zero, e_y = zero, d_y = zero, jv = zero;
-          for (int j = 0; j < C; ++j, jv = jv + one) {
-            const V d = cols[q][j] - shift[q];
-            const V e = vexp<V, kLoss>(d);
-            const auto is_y = veq(yv[q], jv);
-            e_y = vselect(is_y, e, e_y);
-            r = add_unless(is_y, r, e);
-            if constexpr (kLoss) d_y = vselect(is_y, d, d_y);
-            cols[q][j] = e;
-          }
-          rest[q] = r;
-          ey[q] = e_y;
-          dy[q] = d_y;
-        }
-        for (int q = 0; q < G; ++q) {
-          const int64_t row = i + q * W;
-          const auto keep = vlt(V::set1(S(-0.5)), yv[q]);
-          const V s = rest[q] + ey[q];
-          if constexpr (kLoss) {
-            // -log p_y and lse as ce_small_rows_mode takes them (see there).
-            const auto confident = vlt(rest[q], ey[q]);
-            const V u = rest[q], vu = one + u;
-            const V log_arg = vlog(vselect(confident, vu, s));
-            const V log1p_u = log_arg - ((vu - one) - u) * (V::set1(S(2)) - vu);
-            const V nll = vselect(confident, log1p_u, log_arg - dy[q]);
-            if (kMode == CeMode::forward) {  // (fused: nothing reads lse here)
-              const V log_s = vselect(confident, dy[q] + log1p_u, log_arg);
-              const V lse = vselect(veq(shift[q], V::set1(S(-kInf))), shift[q], shift[q] + log_s);
-              vselect(keep, lse, zero).store(lse_io + row);
-            }
-            alignas(64) S loss[W];
-            vselect(keep, nll, zero).store(loss);
-            if (row < summed_end) {
-              const int64_t offset = row % kSumBlock;
-              double* lanes = sums + offset % kSumLanes;
-              if (offset < kSumLanes) {
-                for (int k = 0; k < W; ++k) lanes[k] = 0.0 + double(loss[k]);
-              } else {
-                for (int k = 0; k < W; ++k) lanes[k] += double(loss[k]);
-              }
-              if (offset + W == kSumBlock) {
-                block_loss[row / kSumBlock] = fold_sums(sums);
-                block_done[row / kSumBlock] = 1;
-              }
-            } else {
-              for (int k = 0; k < W; ++k) row_loss[row + k] = double(loss[k]);
-            }
-          }
-          if constexpr (kGrad) {
-            const V label_coef = vselect(keep, g, zero);
-            V inv_s = one / s, one_minus_py = rest[q];
-            if constexpr (kMode == CeMode::backward) {
-              const V lse = shift[q], deviation = s - one;
-              const V tolerance = (vmax(lse, zero - lse) + V::set1(S(C))) * V::set1(S(kSumIsOneSlack<S>));
-              const auto renormalise = vlt(vmax(deviation, zero - deviation), tolerance);
-              inv_s = vselect(renormalise, inv_s, one);
-              one_minus_py = vselect(renormalise, rest[q], one - ey[q]);
-            }
-            const V label = zero - label_coef * (one_minus_py * inv_s);
-            const V alpha = kMode == CeMode::backward ? label_coef : label_coef * inv_s;
-            V jv = zero;
-            for (int j = 0; j < C; ++j, jv = jv + one) {
-              cols[q][j] = vselect(keep, vselect(veq(yv[q], jv), label, cols[q][j] * alpha), zero);
-            }
-            V::template store_columns<C>(cols[q], grad + row * C);
-          }
+  if constexpr (few_class_fits<V, C>()) {
+    using S = float;
+    constexpr int W = V::width, G = kFewGroups<V, C>;
+    constexpr bool kGrad = kMode != CeMode::forward, kLoss = kMode != CeMode::backward;
+    const S* logits = static_cast<const S*>(a.logits);
+    S* grad = static_cast<S*>(a.grad);
+    S* lse_io = static_cast<S*>(a.lse);
+    double* row_loss = a.row_loss;
+    const int64_t* labels = a.labels;
+    const int64_t ignore_index = a.ignore_index;
+    const V zero = V::set1(S(0)), one = V::set1(S(1)), g = V::set1(S(a.grad_scale));
+    const bool in_place = kGrad && static_cast<const void*>(grad) == static_cast<const void*>(logits);
+    constexpr int64_t kBatch = int64_t(G) * W, kAhead = 4 * kSmallBatch;
+    static_assert(kSumBlock % kBatch == 0 && kSumLanes % W == 0, "a group lies in one block's lane run");
+    // The whole blocks of the loss sums among these rows, when they start on a block: summed
+    // here as they go (in loss_sums.h's order), their per-row losses not written (saves a
+    // store of 8 bytes a row here and a pass over them after: 65536 x 3 fused, 1 thread, 8%).
+    double* const block_loss = a.block_loss;
+    uint8_t* const block_done = a.block_done;
+    const int64_t summed_end =
+        kLoss && block_loss && r0 % kSumBlock == 0 ? (r0 + (r1 - r0) / kBatch * kBatch) / kSumBlock * kSumBlock : r0;
+    double sums[kSumLanes];
+    int64_t i = r0;
+    for (; i + kBatch <= r1; i += kBatch) {
+      if (in_place) prefetch_rows_for_write(logits, C, C, i + kAhead, min64(i + kAhead + kBatch, r1));
+      alignas(64) int32_t y32[kBatch];
+      alignas(64) S yf[kBatch];
+      batch_labels(labels + i, int(kBatch), ignore_index, y32, yf);
+      V cols[G][C], yv[G], shift[G], rest[G], ey[G], dy[G];
+      for (int q = 0; q < G; ++q) {
+        yv[q] = V::load(yf + q * W);
+        V::template load_columns<C>(logits + (i + q * W) * C, cols[q]);
+        if constexpr (kLoss) {
+          V m = cols[q][0];
+          for (int j = 1; j < C; ++j) m = vmax(m, cols[q][j]);
+          shift[q] = m;
+        } else {
+          shift[q] = V::load(lse_io + i + q * W);
         }
       }
-      return i;
+      for (int q = 0; q < G; ++q) {
+        V r = zero, e_y = zero, d_y = zero, jv = zero;
+        for (int j = 0; j < C; ++j, jv = jv + one) {
+          const V d = cols[q][j] - shift[q];
+          const V e = vexp<V, kLoss>(d);
+          const auto is_y = veq(yv[q], jv);
+          e_y = vselect(is_y, e, e_y);
+          r = add_unless(is_y, r, e);
+          if constexpr (kLoss) d_y = vselect(is_y, d, d_y);
+          cols[q][j] = e;
+        }
+        rest[q] = r;
+        ey[q] = e_y;
+        dy[q] = d_y;
+      }
+      for (int q = 0; q < G; ++q) {
+        const int64_t row = i + q * W;
+        const auto keep = vlt(V::set1(S(-0.5)), yv[q]);
+        const V s = rest[q] + ey[q];
+        if constexpr (kLoss) {
+          const auto terms = row_loss_terms(rest[q], ey[q], s, dy[q], shift[q]);
+          const V nll = terms.nll;
+          if (kMode == CeMode::forward) vselect(keep, terms.lse, zero).store(lse_io + row);  // (fused: unread)
+          alignas(64) S loss[W];
+          vselect(keep, nll, zero).store(loss);
+          if (row < summed_end) {
+            const int64_t offset = row % kSumBlock;
+            double* lanes = sums + offset % kSumLanes;
+            if (offset < kSumLanes) {
+              for (int k = 0; k < W; ++k) lanes[k] = 0.0 + double(loss[k]);
+            } else {
+              for (int k = 0; k < W; ++k) lanes[k] += double(loss[k]);
+            }
+            if (offset + W == kSumBlock) {
+              block_loss[row / kSumBlock] = fold_sums(sums);
+              block_done[row / kSumBlock] = 1;
+            }
+          } else {
+            for (int k = 0; k < W; ++k) row_loss[row + k] = double(loss[k]);
+          }
+        }
+        if constexpr (kGrad) {
+          const V label_coef = vselect(keep, g, zero);
+          V inv_s = one / s, one_minus_py = rest[q];
+          if constexpr (kMode == CeMode::backward) {
+            renormalise_if_forward_lse(s, rest[q], ey[q], shift[q], C, inv_s, one_minus_py);
+          }
+          const V label = zero - label_coef * (one_minus_py * inv_s);
+          const V alpha = kMode == CeMode::backward ? label_coef : label_coef * inv_s;
+          V jv = zero;
+          for (int j = 0; j < C; ++j, jv = jv + one) {
+            cols[q][j] = vselect(keep, vselect(veq(yv[q], jv), label, cols[q][j] * alpha), zero);
+          }
+          V::template store_columns<C>(cols[q], grad + row * C);
+        }
+      }
     }
+    return i;
   }
   (void)a;
   (void)r1;

@@ -186,6 +186,54 @@ FX_ALWAYS_INLINE void prefetch_rows_for_write(const T* rows, int64_t stride, int
   }
 }
 
+// n labels as int32 (-1 where ignored) and as S: simple loops the compiler vectorises (labels
+// are validated: in [0, C) or ignore_index, so the class index fits int32).
+template <class S>
+FX_ALWAYS_INLINE void batch_labels(const int64_t* labels, int n, int64_t ignore_index, int32_t* y32, S* yf) {
+  for (int k = 0; k < n; ++k) y32[k] = labels[k] == ignore_index ? -1 : int32_t(labels[k]);
+  for (int k = 0; k < n; ++k) yf[k] = S(y32[k]);
+}
+
+// A lane per row: -log p_y (nll), log s and lse from rest (the other classes' exps), ey (the
+// label's), s = rest + ey, dy = z_y - m and shift = m.
+template <class V>
+struct RowLossTerms {
+  V nll, log_s, lse;
+};
+
+template <class V>
+FX_ALWAYS_INLINE RowLossTerms<V> row_loss_terms(V rest, V ey, V s, V dy, V shift) {
+  using S = typename V::scalar;
+  const V one = V::set1(S(1));
+  // -log p_y: (m - z_y) + log s, or where p_y > 1/2, log1p(u) with u = rest / ey, and
+  // then log s = (z_y - m) + log1p(u). p_y > 1/2 (rest < ey) only where the label is the
+  // row's strict max, so ey = exp(0) = 1 exactly there and u = rest, no division.
+  // log1p(u) = log(v) - ((v - 1) - u) / v with v = 1 + u rounded is exact to rounding;
+  // 1 / v is taken as 2 - v (error (v - 1)^2 / v on a correction below half an ulp of v:
+  // at most 0.35 ulp of the result), a second division saved.
+  const auto confident = vlt(rest, ey);
+  const V u = rest, vu = one + u;
+  const V log_arg = vlog(vselect(confident, vu, s));
+  const V log1p_u = log_arg - ((vu - one) - u) * (V::set1(S(2)) - vu);
+  const V nll = vselect(confident, log1p_u, log_arg - dy);
+  const V log_s = vselect(confident, dy + log1p_u, log_arg);
+  // An all -inf row: lse = -inf (its loss and gradient are NaN from -inf - -inf).
+  const V lse = vselect(veq(shift, V::set1(S(-kInf))), shift, shift + log_s);
+  return {nll, log_s, lse};
+}
+
+// Backward from the caller's lse: the label's p_y is renormalised by 1 / s only where that lse
+// is the forward's (sum_is_one); elsewhere inv_s = 1 and 1 - p_y = 1 - ey as given.
+template <class V>
+FX_ALWAYS_INLINE void renormalise_if_forward_lse(V s, V rest, V ey, V lse, int classes, V& inv_s, V& one_minus_py) {
+  using S = typename V::scalar;
+  const V zero = V::set1(S(0)), one = V::set1(S(1)), deviation = s - one;
+  const V tolerance = (vmax(lse, zero - lse) + V::set1(S(classes))) * V::set1(S(kSumIsOneSlack<S>));
+  const auto renormalise = vlt(vmax(deviation, zero - deviation), tolerance);
+  inv_s = vselect(renormalise, inv_s, one);
+  one_minus_py = vselect(renormalise, rest, one - ey);
+}
+
 // kClasses: C when fixed at compile time (float rows), 0 when read from a.
 // kBlocks = ceil(C / W), fixed at compile time: the loops over the column blocks (loads,
 // transposes, stores) unroll and their vectors stay at fixed places.
@@ -258,12 +306,8 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
   for (; i0 + W <= r1; i0 += kSmallBatch) {
     const int rows = int(min64(kSmallBatch, (r1 - i0) / W * W));
     if (in_place) prefetch_rows_for_write(logits, logits_stride, C, i0 + kAhead, min64(i0 + kAhead + kSmallBatch, r1));
-    // Simple loops the compiler vectorises (labels are validated: in [0, C) or ignore_index,
-    // so the class index fits int32).
-    const int64_t* yb = labels + i0;
     alignas(64) int32_t y32[kSmallBatch];
-    for (int k = 0; k < rows; ++k) y32[k] = yb[k] == ignore_index ? -1 : int32_t(yb[k]);
-    for (int k = 0; k < rows; ++k) yf_b[k] = S(y32[k]);
+    batch_labels(labels + i0, rows, ignore_index, y32, yf_b);
     if (w) {
       for (int k = 0; k < rows; ++k) wy_b[k] = y32[k] < 0 ? S(0) : w[y32[k]];
     } else {
@@ -377,21 +421,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
       const V s = rest + ey;
       (void)i;
       if constexpr (kLoss) {
-        const V dy = V::load(dy_b + k), shift = V::load(shift_b + k);
-        // -log p_y: (m - z_y) + log s, or where p_y > 1/2, log1p(u) with u = rest / ey, and
-        // then log s = (z_y - m) + log1p(u). p_y > 1/2 (rest < ey) only where the label is the
-        // row's strict max, so ey = exp(0) = 1 exactly there and u = rest, no division.
-        // log1p(u) = log(v) - ((v - 1) - u) / v with v = 1 + u rounded is exact to rounding;
-        // 1 / v is taken as 2 - v (error (v - 1)^2 / v on a correction below half an ulp of v:
-        // at most 0.35 ulp of the result), a second division saved.
-        const auto confident = vlt(rest, ey);
-        const V u = rest, vu = one + u;
-        const V log_arg = vlog(vselect(confident, vu, s));
-        const V log1p_u = log_arg - ((vu - one) - u) * (V::set1(S(2)) - vu);
-        const V nll = vselect(confident, log1p_u, log_arg - dy);
-        const V log_s = vselect(confident, dy + log1p_u, log_arg);
-        // An all -inf row: lse = -inf (its loss and gradient are NaN from -inf - -inf).
-        const V lse = vselect(veq(shift, V::set1(S(-kInf))), shift, shift + log_s);
+        const auto [nll, log_s, lse] = row_loss_terms(rest, ey, s, V::load(dy_b + k), V::load(shift_b + k));
         vselect(keep, lse, zero).store(lse_io + i);
         // A label of target weight 0 adds 0, even at nll = inf.
         const V label_weight = V::set1(keep_label) * wy;
@@ -407,12 +437,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         const V label_coef = g * V::set1(keep_label) * wy;
         V inv_s = one / s, one_minus_py = rest;  // times inv_s
         if constexpr (kMode == CeMode::backward) {
-          // The label's p_y renormalised only where the lse is the forward's (sum_is_one).
-          const V lse = V::load(lse_io + i), deviation = s - one;
-          const V tolerance = (vmax(lse, zero - lse) + V::set1(S(C))) * V::set1(S(kSumIsOneSlack<S>));
-          const auto renormalise = vlt(vmax(deviation, zero - deviation), tolerance);
-          inv_s = vselect(renormalise, inv_s, one);
-          one_minus_py = vselect(renormalise, rest, one - ey);
+          renormalise_if_forward_lse(s, rest, ey, V::load(lse_io + i), C, inv_s, one_minus_py);
         }
         V p_coef = label_coef, smooth_coef = zero, label = zero - label_coef * (one_minus_py * inv_s);
         if constexpr (kSmooth) {
