@@ -24,6 +24,8 @@ constexpr int64_t kMinParallelLogits = 1 << 15;
 constexpr int64_t kSplitRowsPerThread = 2;
 // ...and the rows are at least this long.
 constexpr int64_t kMinSplitClasses = 1 << 14;
+// The most rows one vector holds (AVX-512's float lanes); task boundaries are multiples of it.
+constexpr int64_t kTaskRowAlign = 16;
 
 // One pass that only converts and flags (no branch per label, so it vectorises); the rare bad
 // call is scanned again for its first bad label, before anything has been written.
@@ -351,11 +353,38 @@ void narrow_doubles(const double* values, int64_t n, DType type, void* out) {
   }
 }
 
-LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums) {
+namespace {
+
+size_t storage_bytes(DType type) {
+  switch (type) {
+    case DType::f32: return 4;
+    case DType::f64: return 8;
+    case DType::f16:
+    case DType::bf16: return 2;
+  }
+  return 8;
+}
+
+void finish_row_losses(const CeArgs& a, const RowLossOutput& per_row, int64_t r0, int64_t r1) {
+  if (a.row_z)
+    for (int64_t i = r0; i < r1; ++i) a.row_loss[i] += a.row_z[i];
+  if (per_row.out) {
+    narrow_doubles(a.row_loss + r0, r1 - r0, per_row.type,
+                   static_cast<char*>(per_row.out) + size_t(r0) * storage_bytes(per_row.type));
+  }
+}
+
+}  // namespace
+
+LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const RowLossOutput* per_row) {
   const KernelTable& table = active_table();
   LossSums sums;
   if (a.rows == 0) return sums;
   want_sums = want_sums && mode != CeMode::backward;
+  if (mode == CeMode::backward || want_sums) per_row = nullptr;  // (sums read row_loss unfinished)
+  auto finish_rows = [&](int64_t r0, int64_t r1) {
+    if (per_row) finish_row_losses(a, *per_row, r0, r1);
+  };
   // The sums go block by block (fixed blocks of rows, summed in order), so that a task can sum
   // its own blocks while their losses are in cache and the result does not depend on threads.
   if (want_sums && a.rows <= kSumBlock && (get_num_threads() == 1 || a.rows * a.classes < kMinParallelLogits)) {
@@ -394,20 +423,25 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums) {
   const bool splittable = a.softcap == 0.0 && a.targets == nullptr;
   if (threads == 1 || work < kMinParallelLogits) {
     ce_rows(table, args, mode, 0, a.rows);
+    finish_rows(0, a.rows);
   } else if (splittable && a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
     split_rows(table, a, mode, threads);
+    finish_rows(0, a.rows);  // (a few rows)
   } else {
     const int64_t tasks = std::min<int64_t>(a.rows, int64_t(threads) * 4);
-    // With sums, tasks start on block boundaries, so that every block lies in one task.
-    const bool aligned = want_sums && a.rows >= tasks * kSumBlock;
+    // Tasks start on whole vectors of rows, so that the rows left to the row-per-lane kernels'
+    // ragged-tail code (whose z-loss term rounds differently) are the same for any thread
+    // count; with sums, on block boundaries, so that every block lies in one task.
+    const int64_t align = want_sums && a.rows >= tasks * kSumBlock ? kSumBlock : kTaskRowAlign;
     auto task_start = [&](int64_t k) {
       const int64_t r = a.rows * k / tasks;
-      return aligned && k < tasks ? r / kSumBlock * kSumBlock : r;
+      return k < tasks ? r / align * align : r;
     };
     parallel_run(tasks, [&](int64_t k) {
       const int64_t r0 = task_start(k), r1 = task_start(k + 1);
       ce_rows(table, args, mode, r0, r1);
       sum_blocks_inside(r0, r1);
+      finish_rows(r0, r1);
     });
   }
   if (!want_sums) return sums;

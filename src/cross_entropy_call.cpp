@@ -175,19 +175,16 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
       advise_huge_pages(const_cast<char*>(g0), size_t(g1 - g0));
     }
   }
+  const RowLossOutput per_row{narrow_row_loss, a.dtype};
+  const RowLossOutput* finish = reduction == kNone ? &per_row : nullptr;
   LossSums sums;
   if (a.rows * a.classes < kKeepGilLogits) {
-    sums = run_cross_entropy(a, mode, reduction != kNone);  // done before a release would pay off
+    sums = run_cross_entropy(a, mode, reduction != kNone, finish);  // done before a release would pay off
   } else {
     nb::gil_scoped_release release;
-    sums = run_cross_entropy(a, mode, reduction != kNone);
+    sums = run_cross_entropy(a, mode, reduction != kNone, finish);
   }
-  if (mode == CeMode::backward) return {NAN, kept_rows, NAN};
-  if (reduction == kNone) {
-    if (a.row_z) for (int64_t i = 0; i < a.rows; ++i) a.row_loss[i] += a.row_z[i];
-    if (narrow_row_loss) narrow_doubles(a.row_loss, a.rows, a.dtype, narrow_row_loss);
-    return {NAN, kept_rows, NAN};
-  }
+  if (mode == CeMode::backward || reduction == kNone) return {NAN, kept_rows, NAN};
   return {sums.loss / denom + (a.row_z ? sums.z / z_denom : 0.0), kept_rows, a.row_z ? sums.z : 0.0};
 }
 

@@ -82,6 +82,26 @@ def test_rounded_once_from_the_row_doubles(isa, dtype, z_loss, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("z_loss", [0.0, 1e-4])
+@pytest.mark.parametrize("shape", [(12000, 6), (3, 20000)], ids=["row-tasks", "split-rows"])
+def test_threaded_calls_round_each_row_once(dtype, z_loss, shape, threads, rng):
+    """Long calls finish their per-row losses in the tasks that computed them (z-loss added,
+    then rounded): the same bits as one pass over the whole call, in forward and fused."""
+    n, c = shape
+    x, labels = huge_rows(dtype, rng, n=n, c=c)
+    labels[n // 3::7] = -100
+    fastxent.set_num_threads(1)
+    want = nearest(row_losses_in_double(x, labels, z_loss), dtype)
+    fastxent.set_num_threads(threads)
+    forward = fastxent.cross_entropy(x, labels, reduction="none", z_loss=z_loss, backend="cpp")
+    fused, _ = fastxent.cross_entropy_with_grad(x, labels, reduction="none", z_loss=z_loss,
+                                                backend="cpp")
+    for got in (forward, fused):
+        assert got.dtype == np.dtype(dtype) and got.shape == (n,)
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_fused_per_row_losses_equal_forward(dtype, rng):
     x = (rng.standard_normal((300, 7)) * 3).astype(dtype)
     labels = rng.integers(0, 7, 300)
