@@ -430,8 +430,8 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
   } else {
     const int64_t tasks = std::min<int64_t>(a.rows, int64_t(threads) * 4);
     // Tasks start on whole vectors of rows, so that the rows left to the row-per-lane kernels'
-    // ragged-tail code (whose z-loss term rounds differently) are the same for any thread
-    // count; with sums, on block boundaries, so that every block lies in one task.
+    // ragged-tail code (whose gradient and z-loss term round differently) are the same for any
+    // thread count; with sums, on block boundaries, so that every block lies in one task.
     const int64_t align = want_sums && a.rows >= tasks * kSumBlock ? kSumBlock : kTaskRowAlign;
     auto task_start = [&](int64_t k) {
       const int64_t r = a.rows * k / tasks;
