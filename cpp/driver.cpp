@@ -340,37 +340,23 @@ int64_t check_labels(const int64_t* labels, int64_t n, int64_t classes, int64_t 
   return read_labels_t<int64_t, false>(labels, n, 1, classes, ignore_index, nullptr);  // throws
 }
 
-void narrow_doubles(const double* values, int64_t n, DType type, void* out) {
-  auto narrow = [&](auto* typed) {
-    using T = std::remove_pointer_t<decltype(typed)>;
-    for (int64_t i = 0; i < n; ++i) typed[i] = narrow_from_double<T>(values[i]);
-  };
-  switch (type) {
-    case DType::f32: return narrow(static_cast<float*>(out));
-    case DType::f16: return narrow(static_cast<Half*>(out));
-    case DType::bf16: return narrow(static_cast<BFloat16*>(out));
-    case DType::f64: break;  // (float64 losses are the kernels' own doubles: nothing to round)
-  }
-}
-
 namespace {
 
-size_t storage_bytes(DType type) {
-  switch (type) {
-    case DType::f32: return 4;
-    case DType::f64: return 8;
-    case DType::f16:
-    case DType::bf16: return 2;
-  }
-  return 8;
-}
-
+// "none"'s rows [r0, r1) as the caller gets them: the z-loss term added, then rounded once to
+// the logits' dtype into per_row.out (float64 losses are the kernels' own doubles: no copy).
 void finish_row_losses(const CeArgs& a, const RowLossOutput& per_row, int64_t r0, int64_t r1) {
   if (a.row_z)
     for (int64_t i = r0; i < r1; ++i) a.row_loss[i] += a.row_z[i];
-  if (per_row.out) {
-    narrow_doubles(a.row_loss + r0, r1 - r0, per_row.type,
-                   static_cast<char*>(per_row.out) + size_t(r0) * storage_bytes(per_row.type));
+  auto narrow = [&](auto* typed) {
+    using T = std::remove_pointer_t<decltype(typed)>;
+    for (int64_t i = r0; i < r1; ++i) typed[i] = narrow_from_double<T>(a.row_loss[i]);
+  };
+  if (!per_row.out) return;
+  switch (a.dtype) {
+    case DType::f32: return narrow(static_cast<float*>(per_row.out));
+    case DType::f16: return narrow(static_cast<Half*>(per_row.out));
+    case DType::bf16: return narrow(static_cast<BFloat16*>(per_row.out));
+    case DType::f64: break;
   }
 }
 

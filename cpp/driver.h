@@ -34,11 +34,10 @@ struct LossSums {
 };
 
 // "none"'s per-row losses as the caller gets them: row_loss[i] += row_z[i] (with a z-loss),
-// then, when out is set, row_loss rounded once to `type` into out (the caller's float32 /
-// 16-bit array; float64 arrays are row_loss itself).
+// then, when out is set, row_loss rounded once to the logits' dtype into out (the caller's
+// float32 / 16-bit array; float64 arrays are row_loss itself).
 struct RowLossOutput {
   void* out = nullptr;
-  DType type = DType::f64;
 };
 
 // Runs a whole call on the active ISA, threaded. Forward/fused fill row_loss and lse;
@@ -48,10 +47,6 @@ struct RowLossOutput {
 // float32: a serial pass after the call took 20 of its 84 us).
 LossSums run_cross_entropy(const CeArgs& args, CeMode mode, bool want_sums = false,
                            const RowLossOutput* per_row = nullptr);
-
-// out[i] = values[i] rounded once to `type` (float32, float16 or bfloat16; as the kernels round).
-// float64 writes nothing: its losses are the doubles themselves.
-void narrow_doubles(const double* values, int64_t n, DType type, void* out);
 
 void run_rowop(const RowsArgs& args, RowOp op);
 

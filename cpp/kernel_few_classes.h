@@ -103,12 +103,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
           vselect(keep, nll, zero).store(loss);
           if (row < summed_end) {
             const int64_t offset = row % kSumBlock;
-            double* lanes = sums + offset % kSumLanes;
-            if (offset < kSumLanes) {
-              for (int k = 0; k < W; ++k) lanes[k] = 0.0 + double(loss[k]);
-            } else {
-              for (int k = 0; k < W; ++k) lanes[k] += double(loss[k]);
-            }
+            add_to_block_sums<W>(sums, offset, loss);
             if (offset + W == kSumBlock) {
               block_loss[row / kSumBlock] = fold_sums(sums);
               block_done[row / kSumBlock] = 1;

@@ -175,7 +175,7 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
       advise_huge_pages(const_cast<char*>(g0), size_t(g1 - g0));
     }
   }
-  const RowLossOutput per_row{narrow_row_loss, a.dtype};
+  const RowLossOutput per_row{narrow_row_loss};
   const RowLossOutput* finish = reduction == kNone ? &per_row : nullptr;
   LossSums sums;
   if (a.rows * a.classes < kKeepGilLogits) {
