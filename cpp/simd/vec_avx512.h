@@ -134,6 +134,13 @@ struct VecF {
   }
   // 2^n from t = n + 127 + 1.5 * 2^23 (see vexp.h).
   static VecF pow2_from_biased(VecF t) { return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t.v), 23))}; }
+  // table[i] for m in [1, 2) with top 5 mantissa bits i (vlog.h): the permute reads the index's
+  // low 5 bits, so the exponent above them needs no mask.
+  static constexpr bool has_lut32 = true;
+  static VecF lookup32_by_mantissa(VecF m, const float* table) {
+    const __m512i index = _mm512_srli_epi32(_mm512_castps_si512(m.v), 18);
+    return {_mm512_permutex2var_ps(_mm512_loadu_ps(table), index, _mm512_loadu_ps(table + 16))};
+  }
   // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23 (see vexp.h and the AVX2 version): the permute
   // reads the low 4 bits, so the table is repeated.
   static constexpr bool has_lut8 = true;

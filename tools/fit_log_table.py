@@ -1,0 +1,31 @@
+"""The table behind the kernels' vectorised float log on ISAs with a 32-entry lane permute
+(cpp/vlog.h): m in [1, 2) is split by its top 5 mantissa bits into m in [c_i, c_i + 1/32),
+c_i = 1 + i/32, and log(m) = -log(R_i) + log1p(m R_i - 1) with R_i = 1/c_i rounded to float
+and the table entry -log(R_i) computed from that rounded R_i (so the rounding of R_i costs
+nothing). r = m R_i - 1 lies in [0, 1/32]: log1p's Taylor series to degree 5 is within
+r^5 / 6 relative (< 6e-9). Run it to print the two tables as C++ hex floats.
+"""
+import numpy as np
+
+
+def tables():
+    centers = 1.0 + np.arange(32) / 32.0
+    inv = (1.0 / centers).astype(np.float32)
+    neg_log = (0.0 - np.log(inv.astype(np.float64))).astype(np.float32)  # +0.0 at i = 0
+    return inv, neg_log
+
+
+def hex_float(v):
+    mantissa, exponent = float(v).hex().split("p")
+    return mantissa.rstrip("0").rstrip(".") + "p" + exponent + "f"
+
+
+def cpp_array(name, values):
+    body = ", ".join(hex_float(v) for v in values)
+    return f"constexpr float {name}[32] = {{{body}}};"
+
+
+if __name__ == "__main__":
+    inv, neg_log = tables()
+    print(cpp_array("kLogTableInv", inv))
+    print(cpp_array("kLogTableNegLog", neg_log))
