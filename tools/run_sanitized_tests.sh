@@ -27,8 +27,9 @@ CXX="$cxx" "$venv/bin/python" -m pip install --quiet --no-build-isolation --forc
   -C cmake.build-type=RelWithDebInfo -C cmake.define.FASTXENT_SANITIZE=ON \
   -C cmake.define.FASTXENT_TESTS=ON -C build-dir="$build/wheel" "$repo"
 
-# 2. The C++ kernel test, leak checking on.
+# 2. The C++ kernel and thread pool tests, leak checking on.
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 "$build/wheel/kernel_test"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 "$build/wheel/thread_pool_test"
 
 # 3. The Python suite against the sanitized extension.
 # The sanitizer runtimes must be loaded before the interpreter (it is not instrumented).
