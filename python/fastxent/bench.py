@@ -603,10 +603,10 @@ def format_table(result: dict) -> str:
 
 
 def plot(results: list, path: str, title: str) -> None:
-    import matplotlib  # type: ignore[import-not-found]  # (optional: only for --plot)
+    import matplotlib  # type: ignore[import-not-found, unused-ignore]  # (optional: only for --plot; typed when installed)
 
     matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found]
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     fig, ax = plt.subplots(figsize=(8, 5))
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
