@@ -11,6 +11,15 @@
 
 constexpr int kFewClasses = 7;
 
+// The loops over groups and classes unrolled where there are 32 vector registers (AVX-512:
+// 65536 x 3, one thread, fused 88 -> 84 us, forward 71 -> 67); with AVX2's 16 the unrolled
+// groups spill (x 5 fused 234 -> 251 us), so the compiler decides there.
+#if defined(__AVX512F__)
+#define FX_UNROLL_GROUPS FX_UNROLL
+#else
+#define FX_UNROLL_GROUPS
+#endif
+
 template <class V, int C>
 constexpr int kFewGroups = C <= 5 ? 4 : 2;
 
@@ -65,19 +74,23 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
       alignas(64) S yf[kBatch];
       batch_labels(labels + i, int(kBatch), ignore_index, y32, yf);
       V cols[G][C], yv[G], shift[G], rest[G], ey[G], dy[G];
+      FX_UNROLL_GROUPS
       for (int q = 0; q < G; ++q) {
         yv[q] = V::load(yf + q * W);
         V::template load_columns<C>(logits + (i + q * W) * C, cols[q]);
         if constexpr (kLoss) {
           V m = cols[q][0];
+          FX_UNROLL_GROUPS
           for (int j = 1; j < C; ++j) m = vmax(m, cols[q][j]);
           shift[q] = m;
         } else {
           shift[q] = V::load(lse_io + i + q * W);
         }
       }
+      FX_UNROLL_GROUPS
       for (int q = 0; q < G; ++q) {
         V r = zero, e_y = zero, d_y = zero, jv = zero;
+        FX_UNROLL_GROUPS
         for (int j = 0; j < C; ++j, jv = jv + one) {
           const V d = cols[q][j] - shift[q];
           const V e = vexp<V, kLoss>(d);
@@ -91,6 +104,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
         ey[q] = e_y;
         dy[q] = d_y;
       }
+      FX_UNROLL_GROUPS
       for (int q = 0; q < G; ++q) {
         const int64_t row = i + q * W;
         const auto keep = vlt(V::set1(S(-0.5)), yv[q]);
@@ -121,6 +135,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
           const V label = zero - label_coef * (one_minus_py * inv_s);
           const V alpha = kMode == CeMode::backward ? label_coef : label_coef * inv_s;
           V jv = zero;
+          FX_UNROLL_GROUPS
           for (int j = 0; j < C; ++j, jv = jv + one) {
             cols[q][j] = vselect(keep, vselect(veq(yv[q], jv), label, cols[q][j] * alpha), zero);
           }
