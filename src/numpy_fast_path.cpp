@@ -90,15 +90,21 @@ nb::object new_vector(int64_t n, int type_num) {
   return a;
 }
 
-// fast_cross_entropy(mode, logits, labels, reduction, grad_output, out): forward (mode 0) gives
-// the loss; fused (mode 1) gives (loss, grad), grad being out or a new array. The loss is a
-// scalar for mean and sum, and for none a new array of per-row losses in the logits' dtype. The
-// options are torch's defaults (no weight, ignore_index -100, no smoothing). Bad labels or
-// shapes raise as in _core.cross_entropy, before anything is written.
+// The modes of fast_cross_entropy: CeMode's three, and the forward that also returns lse.
+constexpr int kForwardWithLse = 3;
+
+// fast_cross_entropy(mode, logits, labels, reduction, grad_output, out, lse): forward (mode 0)
+// gives the loss; fused (1) gives (loss, grad), grad being out or a new array; backward (2) gives
+// grad from lse (a 1-D contiguous array of the logits' dtype, one per row); mode 3 gives
+// (loss, lse), lse a new array. The loss is a scalar for mean and sum, and for none a new array
+// of per-row losses in the logits' dtype. The options are torch's defaults (no weight,
+// ignore_index -100, no smoothing). Bad labels or shapes raise as in _core.cross_entropy, before
+// anything is written.
 nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle labels, int reduction,
-                              double grad_output, nb::handle out) {
-  const CeMode mode = CeMode(mode_code);
-  if ((mode != CeMode::forward && mode != CeMode::fused) ||
+                              double grad_output, nb::handle out, nb::handle lse) {
+  const bool with_lse = mode_code == kForwardWithLse;
+  const CeMode mode = with_lse ? CeMode::forward : CeMode(mode_code);
+  if ((mode_code < 0 || mode_code > kForwardWithLse) || (mode == CeMode::backward && lse.is_none()) ||
       (reduction != kMean && reduction != kSum && reduction != kNone)) {
     return nb::none();
   }
@@ -111,8 +117,23 @@ nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle label
   call.mode = mode;
   call.reduction = reduction;
   call.grad_output = grad_output;
+  const int64_t rows = call.logits.extent[0];
+  nb::object lse_array;
+  if (mode == CeMode::backward) {
+    lse_array = nb::borrow(lse);
+  } else if (with_lse) {
+    lse_array = new_vector(rows, type_num);
+  }
+  if (lse_array.is_valid()) {
+    ArrayView lse_view;
+    if (!view_numpy(lse_array.ptr(), 1, Elements::floats, lse_view) || lse_view.type != call.logits.type ||
+        lse_view.extent[0] != rows || (rows > 1 && lse_view.step[0] != 1)) {
+      return nb::none();
+    }
+    call.lse = lse_view;
+  }
   nb::object grad;
-  if (mode == CeMode::fused) {
+  if (mode != CeMode::forward) {
     if (out.is_none()) {
       npy_intp shape[2] = {npy_intp(call.logits.extent[0]), npy_intp(call.logits.extent[1])};
       grad = nb::steal(PyArray_SimpleNew(2, shape, type_num));
@@ -127,6 +148,10 @@ nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle label
     }
     call.grad = grad_view;
   }
+  if (mode == CeMode::backward) {
+    run_cross_entropy_call(call);
+    return grad;
+  }
   nb::object loss;
   if (reduction == kNone) {
     loss = new_vector(call.logits.extent[0], type_num);
@@ -137,6 +162,7 @@ nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle label
   } else {
     loss = loss_scalar(run_cross_entropy_call(call).loss, type_num);
   }
+  if (with_lse) return nb::make_tuple(loss, lse_array);
   if (mode == CeMode::forward) return loss;
   return nb::make_tuple(loss, grad);
 }
@@ -146,7 +172,7 @@ nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle label
 void add_numpy_fast_path(nb::module_& m) {
   if (_import_array() < 0) throw nb::python_error();
   m.def("fast_cross_entropy", &fast_cross_entropy, nb::arg("mode"), nb::arg("logits"), nb::arg("labels"),
-        nb::arg("reduction"), nb::arg("grad_output"), nb::arg("out").none());
+        nb::arg("reduction"), nb::arg("grad_output"), nb::arg("out").none(), nb::arg("lse").none() = nb::none());
 }
 
 }  // namespace fastxent

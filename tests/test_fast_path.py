@@ -38,6 +38,56 @@ def test_same_answers_as_the_full_path(dtype, reduction, rng):
                      fastxent.cross_entropy(x, list(y), reduction=reduction))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_forward_and_backward_same_answers_as_the_full_path(dtype, reduction, rng):
+    x = make_logits(rng, (37, 11), dtype)
+    y = make_labels(rng, (37,), 11)
+    loss, lse = fastxent.cross_entropy_forward(x, y, reduction=reduction)
+    full_loss, full_lse = fastxent.cross_entropy_forward(x, list(y), reduction=reduction)
+    assert_same_loss(loss, full_loss)
+    assert lse.dtype == full_lse.dtype == dtype and lse.shape == (37,) and lse.flags.writeable
+    np.testing.assert_array_equal(lse, full_lse)
+    # lse as a list takes the full path.
+    full_grad = fastxent.cross_entropy_backward(x, y, list(lse), reduction=reduction, grad_output=3)
+    grad = fastxent.cross_entropy_backward(x, y, lse, reduction=reduction, grad_output=3)
+    assert grad.dtype == dtype and grad.shape == x.shape
+    np.testing.assert_array_equal(grad, full_grad)
+    out = np.empty_like(x)
+    assert fastxent.cross_entropy_backward(x, y, lse, out=out, reduction=reduction, grad_output=3) is out
+    np.testing.assert_array_equal(out, full_grad)
+    work = x.copy()
+    assert fastxent.cross_entropy_backward(work, y, lse, inplace=True, reduction=reduction,
+                                           grad_output=3) is work
+    np.testing.assert_array_equal(work, full_grad)
+
+
+def test_backward_lse_the_fast_path_cannot_read(rng):
+    """lse of another dtype, not contiguous or not one per row: _core hands the call back
+    untouched, and the full path converts it or names the problem."""
+    from fastxent import _core
+
+    x = make_logits(rng, (6, 5), np.float32)
+    y = make_labels(rng, (6,), 5)
+    _, lse = fastxent.cross_entropy_forward(x, y)
+    want = fastxent.cross_entropy_backward(x, y, list(lse))
+    spaced = np.zeros(12, np.float32)
+    spaced[::2] = lse
+    for case, other in {"float64": lse.astype(np.float64), "strided": spaced[::2],
+                        "2-D": lse[:, None], "short": lse[:5]}.items():
+        out = np.full_like(x, 7.0)
+        assert _core.fast_cross_entropy(2, x, y, 1, 1.0, out, other) is None, case
+        assert (out == 7.0).all(), case
+        if case in ("float64", "strided"):
+            np.testing.assert_allclose(fastxent.cross_entropy_backward(x, y, other), want, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"lse must have shape \(6,\)"):
+        fastxent.cross_entropy_backward(x, y, lse[:5])
+    out = np.full_like(x, 7.0)
+    with pytest.raises(ValueError, match=r"labels\[2\] = 9 is not a class index"):
+        fastxent.cross_entropy_backward(x, np.array([0, 1, 9, 2, 3, 4]), lse, out=out)
+    assert (out == 7.0).all()
+
+
 def test_errors_keep_their_messages_and_buffers():
     x = np.zeros((4, 5), np.float32)
     out = np.full_like(x, 7.0)
@@ -200,7 +250,8 @@ def test_core_hands_back_what_it_cannot_read_as_it_is(rng):
         assert _core.fast_cross_entropy(1, logits, labels, 1, 1.0, out) is None, case
         if before is not None:
             np.testing.assert_array_equal(out, before)
-    assert _core.fast_cross_entropy(2, x, y, 1, 1.0, np.empty_like(x)) is None  # backward
+    assert _core.fast_cross_entropy(2, x, y, 1, 1.0, np.empty_like(x)) is None  # backward, no lse
+    assert _core.fast_cross_entropy(4, x, y, 1, 1.0, None) is None  # no such mode
     assert _core.fast_cross_entropy(0, x, y, 3, 1.0, None) is None  # no such reduction
     assert isinstance(_core.fast_cross_entropy(0, x, y, 2, 1.0, None), np.float32)
     row_losses = _core.fast_cross_entropy(0, x, y, 0, 1.0, None)  # reduction="none"
@@ -217,17 +268,25 @@ def test_core_keeps_reference_counts(rng):
     y = np.array([0, 4, 2])
     out = np.empty_like(x)
     dtype = np.dtype(np.float32)
-    counts = [sys.getrefcount(v) for v in (x, y, out, dtype)]
+    lse = np.zeros(3, np.float32)
+    counts = [sys.getrefcount(v) for v in (x, y, out, dtype, lse)]
     for _ in range(1000):
         _core.fast_cross_entropy(1, x, y, 1, 1.0, out)
         _core.fast_cross_entropy(1, x, y, 1, 1.0, None)
         _core.fast_cross_entropy(0, x, y, 1, 1.0, None)
         _core.fast_cross_entropy(1, x, y, 0, 1.0, None)
-    assert [sys.getrefcount(v) for v in (x, y, out, dtype)] == counts
+        _core.fast_cross_entropy(3, x, y, 1, 1.0, None)
+        _core.fast_cross_entropy(2, x, y, 1, 1.0, out, lse)
+        _core.fast_cross_entropy(2, x, y, 1, 1.0, None, lse)
+    assert [sys.getrefcount(v) for v in (x, y, out, dtype, lse)] == counts
     loss, grad = _core.fast_cross_entropy(1, x, y, 1, 1.0, None)
     assert sys.getrefcount(grad) == 2  # this name and the call's argument: the array is ours
     row_losses, grad = _core.fast_cross_entropy(1, x, y, 0, 1.0, None)
     assert sys.getrefcount(row_losses) == 2 and sys.getrefcount(grad) == 2
+    loss, new_lse = _core.fast_cross_entropy(3, x, y, 1, 1.0, None)
+    assert sys.getrefcount(new_lse) == 2
+    grad = _core.fast_cross_entropy(2, x, y, 1, 1.0, None, new_lse)
+    assert sys.getrefcount(grad) == 2
 
 
 def test_the_fast_path_follows_the_backend(rng, monkeypatch):
