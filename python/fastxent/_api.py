@@ -38,6 +38,21 @@ def _fast_call(mode, logits, labels, reduction, grad_output, out, backend, lse=N
         return None  # the full path raises with the argument's name
 
 
+def _plain(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap):
+    """NumPy arrays and torch's default options: what the fast path may take."""
+    return (type(logits) is _ndarray and type(labels) is _ndarray and weight is None
+            and softcap is None and ignore_index == -100 and label_smoothing == 0.0
+            and z_loss == 0.0)
+
+
+def _plain_gradient(logits, grad_output, out, inplace):
+    """A scalar grad_output, and inplace=True only as out=logits (its overlap check allows
+    exactly that; other layouts, and out= beside inplace=True, take the full path, which
+    explains them)."""
+    return (type(grad_output) in (float, int)
+            and (not inplace or (out is None and logits.flags.c_contiguous)))
+
+
 # The largest float32 / float64: a loss past it is inf, as in PyTorch.
 _FLOAT_MAX = {np.dtype(np.float32): float(np.finfo(np.float32).max),
               np.dtype(np.float64): float(np.finfo(np.float64).max)}
@@ -91,9 +106,8 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *, weight: ArrayLike | N
     Returns a NumPy scalar for "mean"/"sum" and an array of shape (...) for "none"; with
     return_z_loss / return_accuracy, a tuple (loss[, z_loss term][, accuracy]).
     """
-    if (type(logits) is _ndarray and type(labels) is _ndarray and weight is None
-            and softcap is None and not return_z_loss and not return_accuracy
-            and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0):
+    if (not return_z_loss and not return_accuracy
+            and _plain(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap)):
         fast = _fast_call(_FORWARD, logits, labels, reduction, 1.0, None, backend)
         if fast is not None:
             return fast
@@ -116,9 +130,8 @@ def cross_entropy_forward(logits: ArrayLike, labels: ArrayLike, *, weight: Array
     log-sum-exp (...) to pass to cross_entropy_backward. lse is float64 for float64 logits, else
     float32 (for float16 and bfloat16 logits too); it is 0 on ignored rows (not computed).
     With softcap it is the log-sum-exp of the capped logits."""
-    if (type(logits) is _ndarray and type(labels) is _ndarray and weight is None
-            and softcap is None and not return_z_loss and not return_accuracy
-            and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0):
+    if (not return_z_loss and not return_accuracy
+            and _plain(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap)):
         fast = _fast_call(_FORWARD_WITH_LSE, logits, labels, reduction, 1.0, None, backend)
         if fast is not None:
             return fast
@@ -160,13 +173,9 @@ def cross_entropy_with_grad(logits: ArrayLike, labels: ArrayLike, *,
     """(loss, grad[, z_loss term][, accuracy]) in one fused pass: grad = d(loss * grad_output) /
     d logits, in the logits' dtype and shape. out= writes grad into that array; inplace=True
     writes it over logits."""
-    if (type(logits) is _ndarray and type(labels) is _ndarray and weight is None
-            and softcap is None and not return_z_loss and not return_accuracy
-            and ignore_index == -100 and label_smoothing == 0.0 and z_loss == 0.0
-            and type(grad_output) in (float, int)
-            and (not inplace or (out is None and logits.flags.c_contiguous))):
-        # inplace=True is out=logits there (its overlap check allows exactly that); other
-        # layouts, and out= beside inplace=True, take the full path, which explains them.
+    if (not return_z_loss and not return_accuracy
+            and _plain(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap)
+            and _plain_gradient(logits, grad_output, out, inplace)):
         fast = _fast_call(_FUSED, logits, labels, reduction, grad_output,
                           logits if inplace else out, backend)
         if fast is not None:
@@ -193,10 +202,9 @@ def cross_entropy_backward(logits: ArrayLike, labels: ArrayLike, lse: ArrayLike,
                            inplace: bool = False, backend: Backend = "auto") -> NDArray[Any]:
     """The gradient from the lse that cross_entropy_forward returned (no max/sum recomputed).
     Pass the same options as to cross_entropy_forward."""
-    if (type(logits) is _ndarray and type(labels) is _ndarray and type(lse) is _ndarray
-            and weight is None and softcap is None and ignore_index == -100
-            and label_smoothing == 0.0 and z_loss == 0.0 and type(grad_output) in (float, int)
-            and (not inplace or (out is None and logits.flags.c_contiguous))):
+    if (type(lse) is _ndarray
+            and _plain(logits, labels, weight, ignore_index, label_smoothing, z_loss, softcap)
+            and _plain_gradient(logits, grad_output, out, inplace)):
         fast = _fast_call(_BACKWARD, logits, labels, reduction, grad_output,
                           logits if inplace else out, backend, lse)
         if fast is not None:
