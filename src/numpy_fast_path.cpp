@@ -135,7 +135,7 @@ nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle label
   nb::object grad;
   if (mode != CeMode::forward) {
     if (out.is_none()) {
-      npy_intp shape[2] = {npy_intp(call.logits.extent[0]), npy_intp(call.logits.extent[1])};
+      npy_intp shape[2] = {npy_intp(rows), npy_intp(call.logits.extent[1])};
       grad = nb::steal(PyArray_SimpleNew(2, shape, type_num));
       if (!grad.is_valid()) throw nb::python_error();
     } else {
@@ -154,7 +154,7 @@ nb::object fast_cross_entropy(int mode_code, nb::handle logits, nb::handle label
   }
   nb::object loss;
   if (reduction == kNone) {
-    loss = new_vector(call.logits.extent[0], type_num);
+    loss = new_vector(rows, type_num);
     ArrayView row_loss;
     view_numpy(loss.ptr(), 1, Elements::floats, row_loss);  // (a new array of floats: it fits)
     call.row_loss = row_loss;
