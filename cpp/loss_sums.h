@@ -16,19 +16,6 @@ inline double fold_sums(double* sums) {
   return sums[0];
 }
 
-// sum_values' running sums fed N values at a time, as a kernel produces them: values at
-// `offset` in their block (a multiple of N, which divides kSumLanes) start their lanes among
-// the block's first kSumLanes values (0.0 +, as there) and add to them after.
-template <int N, class S>
-inline void add_to_block_sums(double* sums, int64_t offset, const S* values) {
-  double* lanes = sums + offset % kSumLanes;
-  if (offset < kSumLanes) {
-    for (int k = 0; k < N; ++k) lanes[k] = 0.0 + double(values[k]);
-  } else {
-    for (int k = 0; k < N; ++k) lanes[k] += double(values[k]);
-  }
-}
-
 // The sum of x[0, n) in that order (a 256-row block: 20 ns).
 inline double sum_values(const double* x, int64_t n) {
   if (n < kSumLanes) {

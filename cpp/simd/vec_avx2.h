@@ -305,6 +305,12 @@ struct VecD {
   static VecD pow2_from_biased(VecD t) { return {_mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(t.v), 52))}; }
 };
 
+// The floats of x as doubles: lanes 0-3 in wide[0], 4-7 in wide[1].
+FX_ALWAYS_INLINE void widen(VecF x, VecD* wide) {
+  wide[0].v = _mm256_cvtps_pd(_mm256_castps256_ps128(x.v));
+  wide[1].v = _mm256_cvtps_pd(_mm256_extractf128_ps(x.v, 1));
+}
+
 // Elementwise kernels (bce_body.h): a where x < lo, else b (NaN x: b); and res, or 0 where c is
 // 0 (so a zero coefficient times inf is 0).
 inline VecF select_below(VecF x, VecF lo, VecF a, VecF b) {

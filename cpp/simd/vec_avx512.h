@@ -213,6 +213,12 @@ struct VecD {
   static VecD pow2_from_biased(VecD t) { return {_mm512_castsi512_pd(_mm512_slli_epi64(_mm512_castpd_si512(t.v), 52))}; }
 };
 
+// The floats of x as doubles: lanes 0-7 in wide[0], 8-15 in wide[1].
+FX_ALWAYS_INLINE void widen(VecF x, VecD* wide) {
+  wide[0].v = _mm512_cvtps_pd(_mm512_castps512_ps256(x.v));
+  wide[1].v = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x.v), 1)));
+}
+
 // Elementwise kernels (bce_body.h): a where x < lo, else b (NaN x: b); and res, or 0 where c is
 // 0 (so a zero coefficient times inf is 0).
 inline VecF select_below(VecF x, VecF lo, VecF a, VecF b) {
