@@ -370,7 +370,7 @@ def run_interleaved(items, min_time=0.2, repeats=5) -> None:
     anchor, rest = items[0], items[1:]
     quiet = [it for it in rest if not it.settle]
     pausing = [it for it in rest if it.settle]
-    own_copies = None
+    stretches = []
     for group in (quiet, pausing):
         start = len(anchor.samples)
         while True:
@@ -380,13 +380,13 @@ def run_interleaved(items, min_time=0.2, repeats=5) -> None:
             anchor.sample()
             for it in pending:
                 it.sample()
-        # Each item is set against the copies of its own stretch: the copy is slower beside
-        # fastxent's calls (its buffer is their `out=`, last written from both cores).
+        # Each item is set against the copies of its own stretch: between fastxent's calls the
+        # copy finds the logits in cache, after a peer's pause often not.
+        copies = anchor.samples[start:]
         for it in group:
-            it.copy_samples = anchor.samples[start:]
-        if group is quiet or own_copies is None:
-            own_copies = anchor.samples[start:]
-    anchor.samples = own_copies  # the copy row: fastxent's stretch (or the only one)
+            it.copy_samples = copies
+        stretches.append(copies)
+    anchor.samples = stretches[0]  # the copy row: fastxent's stretch
 
 
 def _bytes_moved(kind: str, nbytes: int) -> int:
