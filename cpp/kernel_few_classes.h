@@ -106,11 +106,11 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
       if (in_place) prefetch_rows_for_write(logits, C, C, i + kAhead, min64(i + kAhead + kBatch, r1));
       alignas(64) int32_t y32[kBatch];
       alignas(64) S yf[kBatch];
-      batch_labels(labels + i, int(kBatch), ignore_index, y32, yf);
+      if constexpr (!HasLabelLoad<V>::value) batch_labels(labels + i, int(kBatch), ignore_index, y32, yf);
       V cols[G][C], yv[G], shift[G], rest[G], ey[G], dy[G];
       FX_UNROLL_GROUPS
       for (int q = 0; q < G; ++q) {
-        yv[q] = V::load(yf + q * W);
+        yv[q] = group_labels<V>(labels + i + q * W, ignore_index, yf + q * W);
         V::template load_columns<C>(logits + (i + q * W) * C, cols[q]);
         if constexpr (kLoss) {
           V m = cols[q][0];

@@ -194,6 +194,28 @@ FX_ALWAYS_INLINE void batch_labels(const int64_t* labels, int n, int64_t ignore_
   for (int k = 0; k < n; ++k) yf[k] = S(y32[k]);
 }
 
+template <class V, class = void>
+struct HasLabelLoad : std::false_type {};
+template <class V>
+struct HasLabelLoad<V, std::void_t<decltype(V::has_label_load)>> : std::bool_constant<V::has_label_load> {};
+
+// The labels of W rows as floats, -1 where ignored: V's own load where it has one, else read
+// from yf, batch_labels' floats. (AVX-512's load in the few-class kernel: 65536 x 3, C++
+// kernels alone, one thread, medians of six alternating runs, forward 69.3 -> 67.2 us, fused
+// 85.0 -> 82.0. In the general row-per-lane kernel, whose batch arrays need the labels as
+// int32 too, it changed nothing at 65536 x 10.)
+template <class V>
+FX_ALWAYS_INLINE V group_labels(const int64_t* labels, int64_t ignore_index, const typename V::scalar* yf) {
+  if constexpr (HasLabelLoad<V>::value) {
+    (void)yf;
+    return V::load_labels(labels, ignore_index);
+  } else {
+    (void)labels;
+    (void)ignore_index;
+    return V::load(yf);
+  }
+}
+
 // A lane per row: -log p_y (nll), log s and lse from rest (the other classes' exps), ey (the
 // label's), s = rest + ey, dy = z_y - m and shift = m.
 template <class V>

@@ -106,6 +106,25 @@ def test_special_rows(fast_backend, threads, c, rng):
     assert_grad_close(bgrad[modest], want_grad[modest], np.float32, scale)
 
 
+@pytest.mark.parametrize("ignore_index", [2**32 + 1, -(2**63), 2**63 - 1, -1, 0, 1, 6])
+@pytest.mark.parametrize("c", [1, 2, 3, 7])
+def test_any_ignore_index(cpp_isa, threads, c, ignore_index, rng):
+    """Labels are read 16 at a time as floats (AVX-512), the ignored ones found by whole 64-bit
+    compares: an ignore_index whose low 32 bits are a class index (2**32 + 1) must not ignore
+    that class, and one inside [0, C) ignores exactly that class's rows."""
+    n = 64 * 3 + 13
+    x = make_logits(rng, (n, c), np.float32)
+    labels = make_labels(rng, (n,), c, ignore_index=ignore_index, ignore_frac=0.2)
+    labels[1::7] = min(1, c - 1)  # the class that 2**32 + 1 would alias
+    for reduction in ["mean", "none"]:
+        assert_same_as_general(x, labels, f"ignore_index={ignore_index}", reduction=reduction,
+                               ignore_index=ignore_index)
+        check_all_modes(x, labels, "cpp", reduction=reduction, ignore_index=ignore_index)
+    kept = labels != ignore_index
+    loss = fastxent.cross_entropy(x, labels, backend="cpp", reduction="none", ignore_index=ignore_index)
+    assert np.all(loss[~kept] == 0) and np.all(loss[kept] > 0 if c > 1 else loss[kept] == 0)
+
+
 @pytest.mark.parametrize("c", [1, 3, 4, 7])
 def test_inplace_and_out(cpp_isa, threads, c, rng):
     """inplace=True and out= give the fused gradient of a fresh array, bit for bit."""
