@@ -1,6 +1,7 @@
 #include "driver.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -362,10 +363,31 @@ void finish_row_losses(const CeArgs& a, const RowLossOutput& per_row, int64_t r0
 
 }  // namespace
 
-LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const RowLossOutput* per_row) {
+LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const RowLossOutput* per_row,
+                           int64_t* kept_rows) {
   const KernelTable& table = active_table();
   LossSums sums;
+  if (kept_rows) {
+    if (mode != CeMode::forward) throw std::invalid_argument("labels are checked in the tasks of forward calls only");
+    *kept_rows = 0;
+  }
   if (a.rows == 0) return sums;
+  // Unchecked labels (kept_rows): whether rows [r0, r1) may be run, their kept count added.
+  std::atomic<bool> bad_label{false};
+  std::atomic<int64_t> kept_total{0};
+  auto labels_ok = [&](int64_t r0, int64_t r1) {
+    if (!kept_rows) return true;
+    const int64_t kept = table.count_kept_labels(a.labels + r0, r1 - r0, a.classes, a.ignore_index);
+    if (kept < 0) bad_label.store(true, std::memory_order_relaxed);
+    else kept_total.fetch_add(kept, std::memory_order_relaxed);
+    return kept >= 0;
+  };
+  // After the run: the first bad label named (check_labels throws), or the count.
+  auto finish_labels = [&] {
+    if (!kept_rows) return;
+    if (bad_label.load()) check_labels(a.labels, a.rows, a.classes, a.ignore_index);
+    *kept_rows = kept_total.load();
+  };
   want_sums = want_sums && mode != CeMode::backward;
   if (mode == CeMode::backward || want_sums) per_row = nullptr;  // (sums read row_loss unfinished)
   auto finish_rows = [&](int64_t r0, int64_t r1) {
@@ -375,7 +397,8 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
   // its own blocks while their losses are in cache and the result does not depend on threads.
   if (want_sums && a.rows <= kSumBlock && (get_num_threads() == 1 || a.rows * a.classes < kMinParallelLogits)) {
     // One block on this thread (the small calls): the same sums, without the bookkeeping.
-    ce_rows(table, a, mode, 0, a.rows);
+    if (labels_ok(0, a.rows)) ce_rows(table, a, mode, 0, a.rows);
+    finish_labels();
     sums.loss = sum_values(a.row_loss, a.rows);
     if (a.row_z) sums.z = sum_values(a.row_z, a.rows);
     return sums;
@@ -408,11 +431,15 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
   // (Soft-capped logits and probability targets run whole rows: the split merge knows neither.)
   const bool splittable = a.softcap == 0.0 && a.targets == nullptr;
   if (threads == 1 || work < kMinParallelLogits) {
-    ce_rows(table, args, mode, 0, a.rows);
-    finish_rows(0, a.rows);
+    if (labels_ok(0, a.rows)) {
+      ce_rows(table, args, mode, 0, a.rows);
+      finish_rows(0, a.rows);
+    }
   } else if (splittable && a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
-    split_rows(table, a, mode, threads);
-    finish_rows(0, a.rows);  // (a few rows)
+    if (labels_ok(0, a.rows)) {  // (a few rows)
+      split_rows(table, a, mode, threads);
+      finish_rows(0, a.rows);
+    }
   } else {
     const int64_t tasks = std::min<int64_t>(a.rows, int64_t(threads) * 4);
     // Tasks start on whole vectors of rows, so that the rows left to the row-per-lane kernels'
@@ -425,11 +452,13 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
     };
     parallel_run(tasks, [&](int64_t k) {
       const int64_t r0 = task_start(k), r1 = task_start(k + 1);
+      if (!labels_ok(r0, r1)) return;
       ce_rows(table, args, mode, r0, r1);
       sum_blocks_inside(r0, r1);
       finish_rows(r0, r1);
     });
   }
+  finish_labels();
   if (!want_sums) return sums;
   for (int64_t b = 0; b < blocks; ++b)
     if (!block_done[size_t(b)]) sum_block(b);

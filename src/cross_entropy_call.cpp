@@ -83,6 +83,11 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
   // Scratch, not std::vector: its zero-filling would be a whole extra pass.
   std::unique_ptr<unsigned char[]> labels64, own_row_z, own_lse, own_row_loss;
   int64_t kept_rows = a.rows;  // rows whose label is not ignore_index
+  // A forward call's contiguous int64 labels are checked by the kernels' tasks, each its own
+  // rows' before reading them (run_cross_entropy): the forward writes nothing of the caller's.
+  // (C++ alone, two threads, float32, medians of four runs: 65536 x 3 check then forward
+  // 47.2 us, checked in the tasks 44.8 us; 65536 x 10 120.8 -> 118.2 us.)
+  bool labels_checked_in_tasks = mode == CeMode::forward && !targets;
   if (targets) {
     const ArrayView& t = *targets;
     check_same_storage(t.dtype(), a.dtype == DType::f64 ? DType::f64 : DType::f32, "targets");
@@ -97,8 +102,9 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
     const int64_t stride = a.rows > 1 ? int64_t(labels.stride(0)) : 1;
     if (type == IntType::i64 && stride == 1) {  // the common case: read in place, no copy
       a.labels = static_cast<const int64_t*>(labels.data());
-      kept_rows = check_labels(a.labels, a.rows, a.classes, ignore_index);
+      if (!labels_checked_in_tasks) kept_rows = check_labels(a.labels, a.rows, a.classes, ignore_index);
     } else {
+      labels_checked_in_tasks = false;
       int64_t* widened = call_scratch<int64_t>(ScratchSlot::labels, size_t(a.rows), labels64);
       kept_rows = read_labels(labels.data(), type, a.rows, stride, a.classes, ignore_index, widened);
       a.labels = widened;
@@ -135,14 +141,18 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
     a.weight_total = double(a.classes);
   }
   // "mean" divides the cross-entropy by the summed target weight (the row count for probability
-  // targets) and the z-loss term by the number of rows not ignored.
+  // targets) and the z-loss term by the number of rows not ignored. (With labels checked in the
+  // tasks, after the run: the kept count comes from there, and the forward needs no scale.)
   double denom = 1.0, z_denom = 1.0;
-  if (reduction == kMean) {
-    z_denom = double(kept_rows);
-    denom = w && !a.targets ? target_weight_sum(a.labels, a.rows, ignore_index, w) : z_denom;
-  }
-  a.grad_scale = call.grad_output / denom;
-  a.z_grad_scale = call.grad_output / z_denom;
+  auto set_denominators = [&] {
+    if (reduction == kMean) {
+      z_denom = double(kept_rows);
+      denom = w && !a.targets ? target_weight_sum(a.labels, a.rows, ignore_index, w) : z_denom;
+    }
+    a.grad_scale = call.grad_output / denom;
+    a.z_grad_scale = call.grad_output / z_denom;
+  };
+  if (!labels_checked_in_tasks) set_denominators();
   a.grad_rows = grad_rows ? grad_rows->data_as<double>() : nullptr;
   if (lse) {
     a.lse = const_cast<void*>(lse->data());
@@ -178,12 +188,14 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
   const RowLossOutput per_row{narrow_row_loss};
   const RowLossOutput* finish = reduction == kNone ? &per_row : nullptr;
   LossSums sums;
+  int64_t* const count_into = labels_checked_in_tasks ? &kept_rows : nullptr;
   if (a.rows * a.classes < kKeepGilLogits) {
-    sums = run_cross_entropy(a, mode, reduction != kNone, finish);  // done before a release would pay off
+    sums = run_cross_entropy(a, mode, reduction != kNone, finish, count_into);  // done before a release would pay off
   } else {
     nb::gil_scoped_release release;
-    sums = run_cross_entropy(a, mode, reduction != kNone, finish);
+    sums = run_cross_entropy(a, mode, reduction != kNone, finish, count_into);
   }
+  if (labels_checked_in_tasks) set_denominators();
   if (mode == CeMode::backward || reduction == kNone) return {NAN, kept_rows, NAN};
   return {sums.loss / denom + (a.row_z ? sums.z / z_denom : 0.0), kept_rows, a.row_z ? sums.z : 0.0};
 }

@@ -119,11 +119,13 @@ def test_negative_label_that_is_not_ignore_index(backend, label_dtype, rng):
                  backend)
 
 
+@pytest.mark.parametrize("func", ["cross_entropy_with_grad", "cross_entropy", "cross_entropy_forward"])
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("bad_row", [3, 40000, 69999])
-def test_bad_label_in_a_long_call(backend, label_dtype, bad_row, rng):
-    """Long calls check their labels on every thread (a part each): a bad label in any part is
-    named, the first one when there are several, and nothing is written."""
+def test_bad_label_in_a_long_call(backend, label_dtype, bad_row, func, rng):
+    """Long calls check their labels on every thread (a part each; forward calls' int64 labels
+    in the kernels' own tasks): a bad label in any part is named, the first one when there are
+    several, and nothing is written."""
     n = 70000
     logits = rng.standard_normal((n, 3)).astype(np.float32)
     labels = rng.integers(0, 3, n).astype(label_dtype)
@@ -131,8 +133,21 @@ def test_bad_label_in_a_long_call(backend, label_dtype, bad_row, rng):
     labels[bad_row] = 3
     if bad_row < 69999:
         labels[69999] = -2  # a later bad label: the first is the one named
-    expect_error(ValueError, re.escape(f"labels[{bad_row}] = 3"), "cross_entropy_with_grad",
-                 logits, labels, backend)
+    for reduction in ["mean", "none"]:
+        expect_error(ValueError, re.escape(f"labels[{bad_row}] = 3"), func, logits, labels, backend,
+                     reduction=reduction)
+
+
+@pytest.mark.parametrize("func", ["cross_entropy", "cross_entropy_forward"])
+def test_bad_label_in_long_rows(backend, func, rng):
+    """Rows long enough to be split across threads: their labels are checked before any part
+    reads a row at its label."""
+    logits = rng.standard_normal((2, 300_000)).astype(np.float32)
+    for labels, named in [([0, 300_000], "labels[1] = 300000"), ([-1, 5], "labels[0] = -1"),
+                          ([2**40, 0], f"labels[0] = {2**40}")]:
+        for weight in [None, np.ones(300_000)]:
+            expect_error(ValueError, re.escape(named), func, logits, np.array(labels), backend,
+                         weight=weight)
 
 
 def test_huge_uint64_label_is_not_ignore_index(backend, rng):

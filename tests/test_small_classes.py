@@ -194,6 +194,9 @@ def test_long_call_with_ignored_rows(fast_backend, threads, label_dtype, rng):
     logits = make_logits(rng, (n, c), np.float32)
     labels = make_labels(rng, (n,), c, dtype=label_dtype, ignore_index=-100, ignore_frac=0.3)
     check_all_modes(logits, labels, fast_backend)
+    # (the weighted mean's divisor, the kept rows' weights, is summed after a forward call's
+    # tasks have checked the labels)
+    check_all_modes(logits, labels, fast_backend, weight=np.array([0.5, 2.0, 3.0]))
 
 
 def special_accuracy_rows(rng, n, c, dtype):
