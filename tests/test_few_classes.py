@@ -66,6 +66,19 @@ def test_same_bits_as_the_general_code(cpp_isa, threads, c, n, reduction, rng):
     assert_same_as_general(x, labels, reduction=reduction)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("n", ROWS)
+@pytest.mark.parametrize("c", [1, 2, 3, 5, 8, 9])
+def test_float64_same_bits_as_the_general_code(cpp_isa, threads, c, n, reduction, rng):
+    """float64 rows of up to 8 classes take the few-class kernel with AVX-512 (8 rows a group,
+    transposed in registers): the general code's bits, special rows included."""
+    x, labels, _ = special_logits(rng, n, c)
+    x = x.astype(np.float64)
+    x[np.abs(x) == np.float32(np.finfo(np.float32).max) / 2] *= 1e200  # huge for a double too
+    assert_same_as_general(x, labels, reduction=reduction)
+    check_all_modes(make_logits(rng, (n, c), np.float64), labels, "cpp", reduction=reduction)
+
+
 @pytest.mark.parametrize("n", ROWS)
 @pytest.mark.parametrize("c", CLASSES)
 def test_against_reference(fast_backend, threads, c, n, rng):
@@ -157,19 +170,20 @@ def test_long_calls_same_bits(cpp_isa, threads, c, softcap, rng):
         assert_same_as_general(x, labels, reduction, reduction=reduction, softcap=softcap)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("c", [1, 2, 3, 5, 7, 10])
-def test_block_sums_in_double_same_bits(cpp_isa, threads, c, rng):
+def test_block_sums_in_double_same_bits(cpp_isa, threads, c, dtype, rng):
     """The sum of a block of 256 rows that the few-class kernel adds up itself, compared as the
     double the kernels return: the float32 loss rounds it and would hide a changed order of
     additions (lanes rotated wrongly between groups, a lane left out of the fold). Logits of
     scales 1/4 to 64 give losses from 0 to hundreds, which do not add exactly in double, so a
     changed order shows in the last bits of some calls: 100 calls each. (With AVX-512 a group
-    fills all 16 lanes: no rotation to get wrong.)"""
+    fills all 16 lanes: no rotation to get wrong; float64 groups of 8 rotate there too.)"""
     core = pytest.importorskip("fastxent._core")
     n = 257  # (256 rows or fewer are summed by the driver; the extra row is ignored, adds 0)
     for _ in range(100):
         scale = np.exp2(rng.uniform(-2, 6, (n, 1)))
-        x = (rng.standard_normal((n, c)) * scale).astype(np.float32)
+        x = (rng.standard_normal((n, c)) * scale).astype(dtype)
         labels = make_labels(rng, (n,), c, ignore_index=-100, ignore_frac=0.1)
         labels[-1] = -100
         for mode in (0, 1):  # forward, fused

@@ -226,6 +226,9 @@ struct VecD {
   static VecD pow2_from_biased(VecD t) { return {_mm512_castsi512_pd(_mm512_slli_epi64(_mm512_castpd_si512(t.v), 52))}; }
 };
 
+// Doubles are as wide as they get (BlockLanes of float64 rows).
+FX_ALWAYS_INLINE void widen(VecD x, VecD* wide) { wide[0] = x; }
+
 // The floats of x as doubles: lanes 0-7 in wide[0], 8-15 in wide[1].
 FX_ALWAYS_INLINE void widen(VecF x, VecD* wide) {
   wide[0].v = _mm512_cvtps_pd(_mm512_castps512_ps256(x.v));
