@@ -635,15 +635,12 @@ template <class T, bool kSmooth, bool kWeighted>
 void ce_small_rows(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   constexpr int W = VecFor<compute_t<T>>::type::width;
   static_assert(kSmallRowClasses<compute_t<T>> == 4 * W, "at most 4 column blocks");
-  if constexpr (std::is_same_v<T, float> && !kSmooth && !kWeighted) {
-    if (a.classes <= kSmallClasses) {
-      return small_rows_fixed<T, kSmooth, kWeighted>(
-          a.classes, std::make_integer_sequence<int, int(kSmallClasses)>{})(a, r0, r1, mode);
-    }
-  } else if constexpr (std::is_same_v<T, double> && !kSmooth && !kWeighted && W == 8) {
-    // float64 rows of up to 8 classes with AVX-512: C fixed for the few-class kernel.
-    if (a.classes <= W) {
-      return small_rows_fixed<T, kSmooth, kWeighted>(a.classes, std::make_integer_sequence<int, W>{})(a, r0, r1, mode);
+  // C fixed for float rows of up to kSmallClasses, and for float64 rows of up to 8 with AVX-512
+  // (the few-class kernel's).
+  constexpr int kFixed = std::is_same_v<T, float> ? int(kSmallClasses) : std::is_same_v<T, double> && W == 8 ? W : 0;
+  if constexpr (kFixed > 0 && !kSmooth && !kWeighted) {
+    if (a.classes <= kFixed) {
+      return small_rows_fixed<T, kSmooth, kWeighted>(a.classes, std::make_integer_sequence<int, kFixed>{})(a, r0, r1, mode);
     }
   }
   switch ((a.classes + W - 1) / W) {
