@@ -9,6 +9,8 @@
 #include "portable.h"
 #include "scratch.h"
 
+#define FX_DOUBLE_TABLES 1  // VecD's table exp and log (vec_scalar.h)
+
 namespace fastxent {
 namespace isa_avx512 {
 

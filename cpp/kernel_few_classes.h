@@ -30,10 +30,20 @@ constexpr int kFewClasses = 7;
 // float64 rows likewise up to 8 classes with AVX-512 (one transposed block of 8 doubles; C++
 // kernels alone, one thread, three alternating runs: 65536 x 3 forward 336 -> 278 us, fused
 // 501 -> 346, backward 380 -> 276; x 8 fused 946 -> 727).
+template <class V>
+constexpr bool has_columns_for(int C) {
+  if constexpr (HasColumns<V>::value) {
+    return V::has_columns(C);
+  } else {
+    return false;
+  }
+}
+
 template <class V, int C>
 constexpr bool kTransposedFew =
     HasTranspose<V>::value && C <= V::width &&
-    (std::is_same_v<typename V::scalar, float> ? V::width == 16 && C > kFewClasses : V::width == 8);
+    (std::is_same_v<typename V::scalar, float> ? V::width == 16 && C > kFewClasses
+                                               : V::width == 8 && !has_columns_for<V>(C));
 
 template <class V, int C>
 constexpr int kFewGroups = C <= 5 ? 4 : 2;
@@ -43,8 +53,8 @@ template <class V, int C>
 constexpr bool few_class_fits() {
   if constexpr (kTransposedFew<V, C>) {
     return true;
-  } else if constexpr (HasColumns<V>::value && C <= kFewClasses) {
-    return V::has_columns(C);
+  } else if constexpr (C <= kFewClasses) {
+    return has_columns_for<V>(C);
   } else {
     return false;
   }

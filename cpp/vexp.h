@@ -7,8 +7,11 @@
 // - float, on ISAs with a lane permute (V::has_lut8): exp(x) = 2^(k/8) * p(r), k = round(8x/ln2),
 //   2^(k/8) = 2^(k>>3) * T[k&7] from an 8-entry register table, p of degree 3 (1.1 ulp):
 //   7 multiply-adds instead of 11;
-// - otherwise (NEON float, every double): exp(x) = 2^n * p(r), n = round(x/ln2), p of degree 6
-//   (float, Horner) or 12 (double, Estrin);
+// - double, on ISAs with a 16-entry permute of doubles (V::has_lut16): exp(x) = 2^(k/16) p(r),
+//   2^(k/16) = 2^(k>>4) * T[k&15] from a register table, p of degree 7 (Taylor, remainder below
+//   1.2e-18 on |r| <= ln2/32): 12 multiplies and multiply-adds instead of 17 (see the README);
+// - otherwise (NEON float, double elsewhere): exp(x) = 2^n * p(r), n = round(x/ln2), p of
+//   degree 6 (float, Horner) or 12 (double, Estrin);
 // - the exponent bias is folded into the rounding constant, so 2^n is a bare shift;
 // - x is clamped below where the biased exponent is 0, so that shift gives 0 without a compare
 //   and mask for underflow (and -inf becomes the finite clamp: no inf - inf inside), and
@@ -25,6 +28,23 @@
 // bits 20-22), so V::exp2_eighths adds it without masking those bits off.
 constexpr uint32_t kExp2Eighths[8] = {0x00000000, 0xFFFB95C2, 0xFFF837F0, 0xFFF5FED7,
                                       0xFFF504F3, 0xFFF5672A, 0xFFF744FD, 0xFFFAC0C7};
+
+// Bits of 2^(j/16) in double less the exponent bias and less j << 48 (mod 2^64), as
+// kExp2Eighths for float: T[j] plus ((e + 1023) * 16 + j) << 48 is 2^(e + j/16).
+constexpr uint64_t kExp2Sixteenths[16] = {
+    0x0000000000000000, 0xFFFFB5586CF9890F, 0xFFFF72B83C7D517B, 0xFFFF387A6E756238,
+    0xFFFF06FE0A31B715, 0xFFFEDEA64C123422, 0xFFFEBFDAD5362A27, 0xFFFEAB07DD485429,
+    0xFFFEA09E667F3BCD, 0xFFFEA11473EB0187, 0xFFFEACE5422AA0DB, 0xFFFEC49182A3F090,
+    0xFFFEE89F995AD3AD, 0xFFFF199BDD85529C, 0xFFFF5818DCFBA487, 0xFFFFA4AFA2A490DA};
+
+template <class V, class = void>
+struct HasLut16 {
+  static constexpr bool value = false;
+};
+template <class V>
+struct HasLut16<V, decltype(void(V::has_lut16))> {
+  static constexpr bool value = V::has_lut16;
+};
 
 template <class V, class = void>
 struct HasLut8 {
@@ -65,6 +85,32 @@ FX_ALWAYS_INLINE V vexp(V x) {
       return e;
     } else {
       return vselect(vlt(V::set1(88.67f), x), V::set1(S(FX_INF)), e);
+    }
+  } else if constexpr (!f32 && HasLut16<V>::value) {
+    // round(16 lo / ln2) + 16 * 1023 = 0: 2^(k/16) reads as +0.0 there. Above -708.4 results are
+    // normal; between, the biased exponent is 0 and the bits read as a tiny subnormal.
+    const V xc = vmax(V::set1(-709.08), x);  // vmax returns its second operand on NaN
+    const V magic = V::set1(6755399441055744.0 + 16.0 * 1023.0);
+    const V t = fmadd(xc, V::set1(23.083120654223414), magic);
+    const V scale = V::exp2_sixteenths(t, kExp2Sixteenths);
+    const V k = t - magic;
+    V r = fmadd(k, V::set1(-0.04332169878489367), xc);  // ln2/16 split so k*hi is exact
+    r = fmadd(k, V::set1(-1.0291218489310676e-13), r);
+    // q(r) = (exp(r) - 1) / r to degree 6, as pairs: a chain of 4 multiply-adds.
+    const V r2 = r * r;
+    const V p01 = fmadd(V::set1(0.5), r, V::set1(1.0));
+    const V p23 = fmadd(V::set1(0.041666666666666664), r, V::set1(0.16666666666666666));
+    const V p46 = fmadd(fmadd(V::set1(0.0001984126984126984), r, V::set1(0.001388888888888889)), r,
+                        V::set1(0.008333333333333333));
+    const V q = fmadd(fmadd(p46, r2, p23), r2, p01);
+    // s + (r s) q for the rounded table entry s, as for float. From 709.761 (k = 16384) s is inf:
+    // the answer is inf by a compare (finite results within a factor 1.02 of the largest double
+    // come out inf).
+    const V e = fmadd(r * scale, q, scale);
+    if constexpr (kNonPositive) {
+      return e;
+    } else {
+      return vselect(vlt(V::set1(709.76), x), V::set1(S(FX_INF)), e);
     }
   } else {
     // round(lo / ln2) = -bias: the biased exponent is 0 and 2^n reads as +0.0. Below -87.3

@@ -99,6 +99,34 @@ def test_log_softmax_and_logsumexp_accuracy(cpp_isa, dtype, rng):
     np.testing.assert_allclose(got, lse[:, 0], rtol=4 * eps, atol=4 * eps)
 
 
+@pytest.mark.parametrize("classes", [2, 3, 8, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda t: np.dtype(t).name)
+def test_small_rows_log_sweep(cpp_isa, dtype, classes):
+    """Rows [0, t, ..., t] of a few classes (the row-per-lane kernels, their vector log): the sum
+    s = 1 + (C - 1) e^t sweeps (1, C] through every exponent and every interval of the log's
+    table (C = 3 already meets every entry); lse = log s and the loss within 2 eps of the float64
+    answer, plus (C - 1) / 2 eps for the C - 1 roundings of the sum s itself (each within half an
+    ulp of s; all in one direction in these rows). Labels alternate between class 0 (the max: the
+    log1p path) and C - 1 (log s less t)."""
+    t = np.linspace(-9.0, 0.0, 20001)
+    x = np.zeros((t.size, classes))
+    x[:, 1:] = t[:, None]
+    x = x.astype(dtype)
+    labels = np.where(np.arange(t.size) % 2 == 0, 0, classes - 1)
+    loss, lse = fastxent.cross_entropy_forward(x, labels, reduction="none", backend="cpp")
+    t64 = x[:, -1].astype(np.float64)
+    rest = (classes - 1) * np.exp(t64)
+    want_lse = np.log1p(rest)
+    want_loss = np.where(labels == 0, want_lse, want_lse - t64)
+    eps = np.finfo(dtype).eps
+    for name, got, want in (("lse", lse, want_lse), ("loss", loss, want_loss)):
+        err = np.abs(got.astype(np.float64) - want) / np.maximum(1.0, np.abs(want))
+        worst = int(np.argmax(err))
+        assert err[worst] <= (2 + (classes - 1) / 2) * eps, (
+            f"{name} off by {err[worst] / eps:.1f} eps at t={t64[worst]!r}: got {got[worst]!r}, "
+            f"want {want[worst]!r}")
+
+
 @pytest.mark.parametrize("c", [32000, 128256])
 @pytest.mark.parametrize("mode", ["fused", "forward"])
 def test_float32_long_row_loss(cpp_isa, threads, c, mode, rng):

@@ -4,12 +4,16 @@ Two reductions are used:
 - polynomial only: exp(x) = 2**n * p(r), n = round(x / ln2), r = x - n*ln2 in [-ln2/2, ln2/2]
   (float on ISAs without a vector table lookup: degree 6; double: Taylor to degree 12);
 - table of 8: exp(x) = 2**(k/8) * p(r), k = round(8x / ln2), r = x - k*ln2/8 in [-ln2/16, ln2/16],
-  2**(k/8) = 2**(k >> 3) * T[k & 7] (float on ISAs with a lane permute: degree 3).
+  2**(k/8) = 2**(k >> 3) * T[k & 7] (float on ISAs with a lane permute: degree 3);
+- table of 16, double (ISAs with a 16-entry permute of doubles): k = round(16x / ln2),
+  |r| <= ln2/32, Taylor to degree 7 (remainder r^8/8! < 1.2e-18).
 p is fitted to exp on its interval by weighted least squares on Chebyshev nodes (relative
 error), with p(0) = 1 pinned, then iterated with Lawson's reweighting so the result is close to
 minimax. Run it to regenerate the constants.
 """
+import math
 import struct
+from decimal import Decimal, getcontext
 
 import numpy as np
 
@@ -57,3 +61,19 @@ if __name__ == "__main__":
     # What the kernels add to t << 20, whose bits 20-22 still hold j (cpp/vexp.h).
     shifted = [(b - (j << 20)) % 2**32 for j, b in enumerate(table)]
     print("  T - (j << 20), mod 2^32:", ", ".join(f"0x{b:08X}" for b in shifted))
+    # Table of 16, double: exact constants from decimal arithmetic (60 digits).
+    getcontext().prec = 60
+    ln2 = Decimal(2).ln()
+    step = ln2 / 16
+    m, e = math.frexp(float(step))
+    hi = math.ldexp(math.floor(m * 2**36 + 0.5) / 2**36, e)  # k * hi exact for |k| < 2**17
+    print("table of 16, double: 16 / ln2 =", repr(float(16 / ln2)), " ln2 / 16 = hi + lo:",
+          (hi, float(step - Decimal(hi))))
+    print("  r^8 / 8! at ln2/32:", float((step / 2) ** 8 / math.factorial(8)))
+    bits = [struct.unpack("<Q", struct.pack("<d", float(Decimal(2) ** (Decimal(j) / 16))))[0]
+            for j in range(16)]
+    # T[j] less the exponent bias and less j << 48, mod 2^64 (the kernels add t << 48).
+    shifted = [(b - (1023 << 52) - (j << 48)) % 2**64 for j, b in enumerate(bits)]
+    print("  T - bias - (j << 48), mod 2^64:", ", ".join(f"0x{b:016X}" for b in shifted))
+    print("  clamp: round(16 lo / ln2) = -16 * 1023 at lo =", float(-16 * 1023 * step),
+          "; s is inf from k = 16384, x =", float(Decimal(16383.5) * step))

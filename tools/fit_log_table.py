@@ -4,7 +4,14 @@ c_i = 1 + i/32, and log(m) = -log(R_i) + log1p(m R_i - 1) with R_i = 1/c_i round
 and the table entry -log(R_i) computed from that rounded R_i (so the rounding of R_i costs
 nothing). r = m R_i - 1 lies in [0, 1/32]: log1p's Taylor series to degree 5 is within
 r^5 / 6 relative (< 6e-9). Run it to print the two tables as C++ hex floats.
+
+The double tables (ISAs with a 16-entry permute of doubles): m in [0.75, 1.5), k = round(16 m)
+in 12 .. 24, stored at k mod 16 (distinct; 9-11 unused), R_k = 16 / k rounded to double and
+-log(R_k) of that rounded R_k from 60-digit decimal arithmetic. r = m R_k - 1 lies in
+[-1/26, 1/24]: the Taylor series to degree 12 is within r^12 / 13 relative (< 2.1e-18).
 """
+from decimal import Decimal, getcontext
+
 import numpy as np
 
 
@@ -12,6 +19,16 @@ def tables():
     centers = 1.0 + np.arange(32) / 32.0
     inv = (1.0 / centers).astype(np.float32)
     neg_log = (0.0 - np.log(inv.astype(np.float64))).astype(np.float32)  # +0.0 at i = 0
+    return inv, neg_log
+
+
+def double_tables():
+    getcontext().prec = 60
+    inv = [1.0] * 16
+    neg_log = [0.0] * 16
+    for k in range(12, 25):
+        inv[k % 16] = 16.0 / k
+        neg_log[k % 16] = float(-Decimal(inv[k % 16]).ln())
     return inv, neg_log
 
 
@@ -29,3 +46,6 @@ if __name__ == "__main__":
     inv, neg_log = tables()
     print(cpp_array("kLogTableInv", inv))
     print(cpp_array("kLogTableNegLog", neg_log))
+    inv, neg_log = double_tables()
+    for name, values in (("kLogTable16Inv", inv), ("kLogTable16NegLog", neg_log)):
+        print(f"constexpr double {name}[16] = {{{', '.join(float(v).hex() for v in values)}}};")

@@ -218,9 +218,56 @@ struct VecD {
       transpose_lanes(a[c], a[2 + c], a[4 + c], a[6 + c], r[c].v, r[2 + c].v, r[4 + c].v, r[6 + c].v);
     }
   }
+  // 8 contiguous rows of C classes to and from column order, as VecF's (permute_columns.h):
+  // C (C - 1) permutes and C loads or stores each way, where the transposes take 8 loads, 8
+  // stores and 15-24 shuffles. Up to 5 classes (C++ kernels alone, one thread, 65536 x 3 fused
+  // 230 -> 200 us, x 5 390 -> 378; x 6 no better, see the README).
+  static constexpr bool has_columns(int C) { return C >= 1 && C <= 5; }
+  template <int C>
+  FX_ALWAYS_INLINE static void load_columns(const double* p, VecD* cols) {
+    constexpr const auto& t = kPermuteColumnsD<C>;
+    __m512d rows[C];
+    for (int s = 0; s < C; ++s) rows[s] = _mm512_loadu_pd(p + 8 * s);
+    for (int j = 0; j < C; ++j) {
+      const __m512i index = _mm512_loadu_si512(t.column_index[j]);
+      __m512d col = C == 1 ? rows[0] : _mm512_permutex2var_pd(rows[0], index, rows[C > 1 ? 1 : 0]);
+      for (int s = 2; s < C; ++s) col = _mm512_mask_permutexvar_pd(col, t.column_mask[j][s], index, rows[s]);
+      cols[j].v = col;
+    }
+  }
+  template <int C>
+  FX_ALWAYS_INLINE static void store_columns(const VecD* cols, double* p) {
+    constexpr const auto& t = kPermuteColumnsD<C>;
+    for (int v = 0; v < C; ++v) {
+      const __m512i index = _mm512_loadu_si512(t.row_index[v]);
+      __m512d out = C == 1 ? cols[0].v : _mm512_permutex2var_pd(cols[0].v, index, cols[C > 1 ? 1 : 0].v);
+      for (int j = 2; j < C; ++j) out = _mm512_mask_permutexvar_pd(out, t.row_mask[v][j], index, cols[j].v);
+      _mm512_storeu_pd(p + 8 * v, out);
+    }
+  }
   static void split_exponent(VecD x, VecD& mant, VecD& expo) {
     expo.v = _mm512_getexp_pd(x.v);
     mant.v = _mm512_getmant_pd(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  }
+  // 16-entry tables of doubles held in two registers (vexp.h, vlog.h): a permute reads the low 4
+  // bits of each lane's index.
+  static constexpr bool has_lut16 = true;
+  // 2^(k/16) from t = k + 16 * 1023 + 1.5 * 2^52.
+  static VecD exp2_sixteenths(VecD t, const uint64_t* table) {
+    const __m512i bits = _mm512_castpd_si512(t.v);
+    const __m512i frac = _mm512_permutex2var_epi64(_mm512_loadu_si512(table), bits, _mm512_loadu_si512(table + 8));
+    return {_mm512_castsi512_pd(_mm512_add_epi64(frac, _mm512_slli_epi64(bits, 48)))};
+  }
+  // table[k mod 16] from t = k + 1.5 * 2^52.
+  static VecD lookup16(VecD t, const double* table) {
+    return {_mm512_permutex2var_pd(_mm512_loadu_pd(table), _mm512_castpd_si512(t.v), _mm512_loadu_pd(table + 8))};
+  }
+  // x = mant 2^expo with mant in [0.75, 1.5): getmant halves a [1, 2) mantissa of 1.5 or more,
+  // and the exponent goes up by one there.
+  static void split_exponent_centred(VecD x, VecD& mant, VecD& expo) {
+    mant.v = _mm512_getmant_pd(x.v, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_src);
+    const __m512d e = _mm512_getexp_pd(x.v);
+    expo.v = _mm512_mask_add_pd(e, _mm512_cmp_pd_mask(mant.v, _mm512_set1_pd(1.0), _CMP_LT_OQ), e, _mm512_set1_pd(1.0));
   }
   // 2^n from t = n + 1023 + 1.5 * 2^52 (see vexp.h).
   static VecD pow2_from_biased(VecD t) { return {_mm512_castsi512_pd(_mm512_slli_epi64(_mm512_castpd_si512(t.v), 52))}; }

@@ -4,6 +4,13 @@
 #pragma once
 #include "half_scalar.h"
 
+// Set to 1 by the ISA files whose VecD has 16-entry tables (has_lut16) and FMA (x86 intrinsics
+// included): their row tails in double then take the same table exp and log, so a row's results
+// do not depend on where its vectors begin (an out= view one element off, a split row).
+#ifndef FX_DOUBLE_TABLES
+#define FX_DOUBLE_TABLES 0
+#endif
+
 template <class S>
 struct Vec1 {
   using scalar = S;
@@ -25,8 +32,16 @@ struct Vec1 {
   friend Vec1 operator-(Vec1 a, Vec1 b) { return {a.v - b.v}; }
   friend Vec1 operator*(Vec1 a, Vec1 b) { return {a.v * b.v}; }
   friend Vec1 operator/(Vec1 a, Vec1 b) { return {a.v / b.v}; }
-  // a*b + c
-  friend Vec1 fmadd(Vec1 a, Vec1 b, Vec1 c) { return {a.v * b.v + c.v}; }
+  // a*b + c; with the double tables one rounding, as the vector lanes have (the table log's
+  // r = m R - 1 needs it), whatever the compiler's contraction of a*b + c.
+  friend Vec1 fmadd(Vec1 a, Vec1 b, Vec1 c) {
+#if FX_DOUBLE_TABLES
+    if constexpr (sizeof(S) == 8) {
+      return {_mm_cvtsd_f64(_mm_fmadd_sd(_mm_set_sd(a.v), _mm_set_sd(b.v), _mm_set_sd(c.v)))};
+    }
+#endif
+    return {a.v * b.v + c.v};
+  }
   // Same NaN rule as x86 maxps/minps: a NaN in b is returned.
   friend Vec1 vmax(Vec1 a, Vec1 b) { return {a.v > b.v ? a.v : b.v}; }
   friend Vec1 vmin(Vec1 a, Vec1 b) { return {a.v < b.v ? a.v : b.v}; }
@@ -66,6 +81,33 @@ struct Vec1 {
     float r;
     FX_MEMCPY(&r, &bits, 4);
     return {r};
+  }
+
+  // Double only, where FX_DOUBLE_TABLES (see the top): as VecD's in vec_avx512.h.
+  static constexpr bool has_lut16 = sizeof(S) == 8 && FX_DOUBLE_TABLES;
+  static Vec1 exp2_sixteenths(Vec1 t, const uint64_t* table) {
+    uint64_t bits;
+    FX_MEMCPY(&bits, &t.v, 8);
+    bits = table[bits & 15] + (bits << 48);  // (wraps mod 2^64, as the table expects)
+    S r;
+    FX_MEMCPY(&r, &bits, 8);
+    return {r};
+  }
+  static Vec1 lookup16(Vec1 t, const S* table) {
+    uint64_t bits;
+    FX_MEMCPY(&bits, &t.v, 8);
+    return {table[bits & 15]};
+  }
+  // As getmant / getexp with mant in [0.75, 1.5), for positive normal x, inf or NaN.
+  static void split_exponent_centred(Vec1 x, Vec1& mant, Vec1& expo) {
+    split_exponent(x, mant, expo);
+    if (!(x.v - x.v == S(0))) {
+      mant.v = x.v == x.v ? S(1) : x.v;  // inf: mantissa 1, exponent inf; NaN stays NaN
+      expo.v = x.v;
+    } else if (mant.v >= S(1.5)) {
+      mant.v *= S(0.5);
+      expo.v += S(1);
+    }
   }
 
   // 2^n where t = n + bias + 1.5 * 2^mantissa_bits: the low bits of t hold the biased exponent,
