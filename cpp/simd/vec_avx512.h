@@ -22,6 +22,42 @@ FX_ALWAYS_INLINE void transpose_lanes(R a0, R a1, R a2, R a3, R& out0, R& out1, 
   out3 = shuffle_lanes<_MM_SHUFFLE(3, 1, 3, 1)>(d1, d3);
 }
 
+// Lane permutes of floats and doubles under one name (permute_columns.h's moves): from two
+// sources by a (log2 W + 1)-bit index, and a masked one from a single source.
+FX_ALWAYS_INLINE __m512 permute_two(__m512 a, __m512i index, __m512 b) { return _mm512_permutex2var_ps(a, index, b); }
+FX_ALWAYS_INLINE __m512d permute_two(__m512d a, __m512i index, __m512d b) { return _mm512_permutex2var_pd(a, index, b); }
+FX_ALWAYS_INLINE __m512 permute_into(__m512 dst, __mmask16 m, __m512i index, __m512 a) {
+  return _mm512_mask_permutexvar_ps(dst, m, index, a);
+}
+FX_ALWAYS_INLINE __m512d permute_into(__m512d dst, __mmask8 m, __m512i index, __m512d a) {
+  return _mm512_mask_permutexvar_pd(dst, m, index, a);
+}
+
+// W contiguous rows of C classes to column order (cols[j] lane l = p[l * C + j]) and back, by
+// the permutes of table t (a PermuteColumns<C, W>): C loads or stores and C (C - 1) permutes.
+template <int C, class Vec, class Table>
+FX_ALWAYS_INLINE void permute_to_columns(const typename Vec::scalar* p, const Table& t, Vec* cols) {
+  constexpr int W = Vec::width;
+  decltype(Vec::v) rows[C];
+  for (int s = 0; s < C; ++s) rows[s] = Vec::load(p + W * s).v;
+  for (int j = 0; j < C; ++j) {
+    const __m512i index = _mm512_loadu_si512(t.column_index[j]);
+    auto col = C == 1 ? rows[0] : permute_two(rows[0], index, rows[C > 1 ? 1 : 0]);
+    for (int s = 2; s < C; ++s) col = permute_into(col, t.column_mask[j][s], index, rows[s]);
+    cols[j].v = col;
+  }
+}
+template <int C, class Vec, class Table>
+FX_ALWAYS_INLINE void permute_to_rows(const Vec* cols, const Table& t, typename Vec::scalar* p) {
+  constexpr int W = Vec::width;
+  for (int v = 0; v < C; ++v) {
+    const __m512i index = _mm512_loadu_si512(t.row_index[v]);
+    Vec out{C == 1 ? cols[0].v : permute_two(cols[0].v, index, cols[C > 1 ? 1 : 0].v)};
+    for (int j = 2; j < C; ++j) out.v = permute_into(out.v, t.row_mask[v][j], index, cols[j].v);
+    out.store(p + W * v);
+  }
+}
+
 struct VecF {
   using scalar = float;
   static constexpr int width = 16;
@@ -108,25 +144,11 @@ struct VecF {
   static constexpr bool has_columns(int C) { return C >= 1 && C <= 8; }
   template <int C>
   FX_ALWAYS_INLINE static void load_columns(const float* p, VecF* cols) {
-    constexpr const PermuteColumns<C>& t = kPermuteColumns<C>;
-    __m512 rows[C];
-    for (int s = 0; s < C; ++s) rows[s] = _mm512_loadu_ps(p + 16 * s);
-    for (int j = 0; j < C; ++j) {
-      const __m512i index = _mm512_loadu_si512(t.column_index[j]);
-      __m512 col = C == 1 ? rows[0] : _mm512_permutex2var_ps(rows[0], index, rows[C > 1 ? 1 : 0]);
-      for (int s = 2; s < C; ++s) col = _mm512_mask_permutexvar_ps(col, t.column_mask[j][s], index, rows[s]);
-      cols[j].v = col;
-    }
+    permute_to_columns<C>(p, kPermuteColumns<C>, cols);
   }
   template <int C>
   FX_ALWAYS_INLINE static void store_columns(const VecF* cols, float* p) {
-    constexpr const PermuteColumns<C>& t = kPermuteColumns<C>;
-    for (int v = 0; v < C; ++v) {
-      const __m512i index = _mm512_loadu_si512(t.row_index[v]);
-      __m512 out = C == 1 ? cols[0].v : _mm512_permutex2var_ps(cols[0].v, index, cols[C > 1 ? 1 : 0].v);
-      for (int j = 2; j < C; ++j) out = _mm512_mask_permutexvar_ps(out, t.row_mask[v][j], index, cols[j].v);
-      _mm512_storeu_ps(p + 16 * v, out);
-    }
+    permute_to_rows<C>(cols, kPermuteColumns<C>, p);
   }
   static void split_exponent(VecF x, VecF& mant, VecF& expo) {
     expo.v = _mm512_getexp_ps(x.v);
@@ -225,25 +247,11 @@ struct VecD {
   static constexpr bool has_columns(int C) { return C >= 1 && C <= 5; }
   template <int C>
   FX_ALWAYS_INLINE static void load_columns(const double* p, VecD* cols) {
-    constexpr const auto& t = kPermuteColumnsD<C>;
-    __m512d rows[C];
-    for (int s = 0; s < C; ++s) rows[s] = _mm512_loadu_pd(p + 8 * s);
-    for (int j = 0; j < C; ++j) {
-      const __m512i index = _mm512_loadu_si512(t.column_index[j]);
-      __m512d col = C == 1 ? rows[0] : _mm512_permutex2var_pd(rows[0], index, rows[C > 1 ? 1 : 0]);
-      for (int s = 2; s < C; ++s) col = _mm512_mask_permutexvar_pd(col, t.column_mask[j][s], index, rows[s]);
-      cols[j].v = col;
-    }
+    permute_to_columns<C>(p, kPermuteColumnsD<C>, cols);
   }
   template <int C>
   FX_ALWAYS_INLINE static void store_columns(const VecD* cols, double* p) {
-    constexpr const auto& t = kPermuteColumnsD<C>;
-    for (int v = 0; v < C; ++v) {
-      const __m512i index = _mm512_loadu_si512(t.row_index[v]);
-      __m512d out = C == 1 ? cols[0].v : _mm512_permutex2var_pd(cols[0].v, index, cols[C > 1 ? 1 : 0].v);
-      for (int j = 2; j < C; ++j) out = _mm512_mask_permutexvar_pd(out, t.row_mask[v][j], index, cols[j].v);
-      _mm512_storeu_pd(p + 8 * v, out);
-    }
+    permute_to_rows<C>(cols, kPermuteColumnsD<C>, p);
   }
   static void split_exponent(VecD x, VecD& mant, VecD& expo) {
     expo.v = _mm512_getexp_pd(x.v);
