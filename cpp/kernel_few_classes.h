@@ -1,6 +1,7 @@
 // The plainest calls with a handful of classes (float rows, contiguous, at most kFewClasses
 // classes that V moves to columns without a transpose, or with AVX-512 up to 16 classes
-// transposed in registers; no class weights, no per-row grad_output, no z-loss, no accuracy),
+// transposed in registers; with AVX-512 float64 rows of up to 8 classes too; no class weights,
+// no per-row grad_output, no z-loss, no accuracy),
 // included by kernel_small_rows.h inside an ISA namespace.
 //
 // The same arithmetic as ce_small_rows_mode, in the same order (so the same bits), but with the
@@ -29,7 +30,8 @@ constexpr int kFewClasses = 7;
 // fused 613 -> 474. (AVX2's 8 x 8 transposes of 9-16 classes would need two column blocks.)
 // float64 rows likewise up to 8 classes with AVX-512 (one transposed block of 8 doubles; C++
 // kernels alone, one thread, three alternating runs: 65536 x 3 forward 336 -> 278 us, fused
-// 501 -> 346, backward 380 -> 276; x 8 fused 946 -> 727).
+// 501 -> 346, backward 380 -> 276; x 8 fused 946 -> 727), since 2026-12-04 only from 6 classes:
+// rows of 1-5 move by VecD's lane permutes (VecD::has_columns).
 template <class V>
 constexpr bool has_columns_for(int C) {
   if constexpr (HasColumns<V>::value) {
