@@ -611,7 +611,7 @@ template <class T, bool kSmooth, bool kWeighted, int kClasses>
 void ce_small_rows_fixed(const CeArgs& a, int64_t r0, int64_t r1, CeMode mode) {
   using V = typename VecFor<compute_t<T>>::type;
   constexpr int W = V::width;
-  if ((std::is_same_v<T, float> || std::is_same_v<T, double>) && !kSmooth && few_class_rows_apply<V, kClasses>(a)) {
+  if (!kNarrow<T> && !kSmooth && few_class_rows_apply<V, kClasses>(a)) {
     switch (mode) {
       case CeMode::forward: r0 = few_class_rows<V, CeMode::forward, kClasses>(a, r0, r1); break;
       case CeMode::fused: r0 = few_class_rows<V, CeMode::fused, kClasses>(a, r0, r1); break;

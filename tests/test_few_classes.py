@@ -71,7 +71,8 @@ def test_same_bits_as_the_general_code(cpp_isa, threads, c, n, reduction, rng):
 @pytest.mark.parametrize("c", [1, 2, 3, 5, 8, 9])
 def test_float64_same_bits_as_the_general_code(cpp_isa, threads, c, n, reduction, rng):
     """float64 rows of up to 8 classes take the few-class kernel with AVX-512 (8 rows a group,
-    transposed in registers): the general code's bits, special rows included."""
+    moved to columns by lane permutes up to 5 classes, transposed from 6): the general code's
+    bits, special rows included."""
     x, labels, _ = special_logits(rng, n, c)
     x = x.astype(np.float64)
     x[np.abs(x) == np.float32(np.finfo(np.float32).max) / 2] *= 1e200  # huge for a double too

@@ -37,11 +37,17 @@ def float_bits(v):
     return struct.unpack("<I", struct.pack("<f", v))[0]
 
 
-def split_hi_lo(value, keep_bits=12):
-    """value = hi + lo with hi's low mantissa bits cleared, so k * hi is exact for |k| < 2**11."""
-    hi_bits = float_bits(value) & ~((1 << (24 - keep_bits)) - 1)
-    hi = struct.unpack("<f", struct.pack("<I", hi_bits))[0]
-    return hi, float(np.float32(value - hi))
+def split_hi_lo(value, keep_bits=12, double=False):
+    """value = hi + lo with hi's low mantissa bits cleared (keep_bits of the 24 of a float or
+    the 53 of a double kept), so k * hi is exact for |k| below 2**(mantissa bits - keep_bits).
+    A double's value is a Decimal, so that lo is the exact remainder rounded once."""
+    if not double:
+        hi_bits = float_bits(value) & ~((1 << (24 - keep_bits)) - 1)
+        hi = struct.unpack("<f", struct.pack("<I", hi_bits))[0]
+        return hi, float(np.float32(value - hi))
+    bits = struct.unpack("<Q", struct.pack("<d", float(value)))[0]
+    hi = struct.unpack("<d", struct.pack("<Q", bits & ~((1 << (53 - keep_bits)) - 1)))[0]
+    return hi, float(value - Decimal(hi))
 
 
 if __name__ == "__main__":
@@ -65,10 +71,8 @@ if __name__ == "__main__":
     getcontext().prec = 60
     ln2 = Decimal(2).ln()
     step = ln2 / 16
-    m, e = math.frexp(float(step))
-    hi = math.ldexp(math.floor(m * 2**36 + 0.5) / 2**36, e)  # k * hi exact for |k| < 2**17
     print("table of 16, double: 16 / ln2 =", repr(float(16 / ln2)), " ln2 / 16 = hi + lo:",
-          (hi, float(step - Decimal(hi))))
+          split_hi_lo(step, keep_bits=36, double=True))
     print("  r^8 / 8! at ln2/32:", float((step / 2) ** 8 / math.factorial(8)))
     bits = [struct.unpack("<Q", struct.pack("<d", float(Decimal(2) ** (Decimal(j) / 16))))[0]
             for j in range(16)]

@@ -32,14 +32,14 @@ def double_tables():
     return inv, neg_log
 
 
-def hex_float(v):
+def hex_float(v, suffix="f"):
     mantissa, exponent = float(v).hex().split("p")
-    return mantissa.rstrip("0").rstrip(".") + "p" + exponent + "f"
+    return mantissa.rstrip("0").rstrip(".") + "p" + exponent + suffix
 
 
-def cpp_array(name, values):
-    body = ", ".join(hex_float(v) for v in values)
-    return f"constexpr float {name}[32] = {{{body}}};"
+def cpp_array(name, values, ctype="float"):
+    body = ", ".join(hex_float(v, "f" if ctype == "float" else "") for v in values)
+    return f"constexpr {ctype} {name}[{len(values)}] = {{{body}}};"
 
 
 if __name__ == "__main__":
@@ -47,5 +47,5 @@ if __name__ == "__main__":
     print(cpp_array("kLogTableInv", inv))
     print(cpp_array("kLogTableNegLog", neg_log))
     inv, neg_log = double_tables()
-    for name, values in (("kLogTable16Inv", inv), ("kLogTable16NegLog", neg_log)):
-        print(f"constexpr double {name}[16] = {{{', '.join(float(v).hex() for v in values)}}};")
+    print(cpp_array("kLogTable16Inv", inv, "double"))
+    print(cpp_array("kLogTable16NegLog", neg_log, "double"))
