@@ -195,9 +195,9 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
           const V d = cols[q][j] - shift[q];
           const V e = vexp<V, kLoss>(d);
           const auto is_y = veq(yv[q], jv);
-          e_y = vselect(is_y, e, e_y);
+          e_y = pick_into_zero(is_y, e, e_y);
           r = add_unless(is_y, r, e);
-          if constexpr (kLoss) d_y = vselect(is_y, d, d_y);
+          if constexpr (kLoss) d_y = pick_into_zero(is_y, d, d_y);
           cols[q][j] = e;
         }
         rest[q] = r;
@@ -212,8 +212,8 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
         if constexpr (kLoss) {
           const auto terms = row_loss_terms(rest[q], ey[q], s, dy[q], shift[q]);
           const V nll = terms.nll;
-          if (kMode == CeMode::forward) vselect(keep, terms.lse, zero).store(lse_io + row);  // (fused: unread)
-          const V loss = vselect(keep, nll, zero);
+          if (kMode == CeMode::forward) zero_unless(keep, terms.lse).store(lse_io + row);  // (fused: unread)
+          const V loss = zero_unless(keep, nll);
           if (row < summed_end) {
             lanes.add(loss);
             if ((row + W) % kSumBlock == 0) {
@@ -227,7 +227,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
           }
         }
         if constexpr (kGrad) {
-          const V label_coef = vselect(keep, g, zero);
+          const V label_coef = zero_unless(keep, g);
           V inv_s = one / s, one_minus_py = rest[q];
           if constexpr (kMode == CeMode::backward) {
             renormalise_if_forward_lse(s, rest[q], ey[q], shift[q], C, inv_s, one_minus_py);
@@ -237,7 +237,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
           V jv = zero;
           FX_UNROLL_GROUPS
           for (int j = 0; j < C; ++j, jv = jv + one) {
-            cols[q][j] = vselect(keep, vselect(veq(yv[q], jv), label, cols[q][j] * alpha), zero);
+            cols[q][j] = zero_unless(keep, vselect(veq(yv[q], jv), label, cols[q][j] * alpha));
           }
           store_group_columns<V, C>(cols[q], grad + row * C);
         }

@@ -151,13 +151,40 @@ struct HasAddUnless : std::false_type {};
 template <class V>
 struct HasAddUnless<V, std::void_t<decltype(V::add_unless(typename V::mask{}, V{}, V{}))>> : std::true_type {};
 
-// acc + x in the lanes where m is clear, acc where it is set (AVX-512: one masked add).
+// acc + x in the lanes where m is clear, acc where it is set (AVX-512: one masked add; AVX2:
+// andnot and add, for acc that is not -0.0).
 template <class V>
 FX_ALWAYS_INLINE V add_unless(typename V::mask m, V acc, V x) {
   if constexpr (HasAddUnless<V>::value) {
     return V::add_unless(m, acc, x);
   } else {
     return acc + vselect(m, V::set1(typename V::scalar(0)), x);
+  }
+}
+
+template <class V, class = void>
+struct HasZeroLaneOps : std::false_type {};
+template <class V>
+struct HasZeroLaneOps<V, std::void_t<decltype(V::zero_unless(typename V::mask{}, V{}))>> : std::true_type {};
+
+// x where m is set, +0.0 elsewhere (AVX2: one and instead of a blend).
+template <class V>
+FX_ALWAYS_INLINE V zero_unless(typename V::mask m, V x) {
+  if constexpr (HasZeroLaneOps<V>::value) {
+    return V::zero_unless(m, x);
+  } else {
+    return vselect(m, x, V::set1(typename V::scalar(0)));
+  }
+}
+
+// x where m is set, acc elsewhere; acc must be +0.0 where m is set (the label's value of a row,
+// picked class by class: AVX2 and / or instead of a blend).
+template <class V>
+FX_ALWAYS_INLINE V pick_into_zero(typename V::mask m, V x, V acc) {
+  if constexpr (HasZeroLaneOps<V>::value) {
+    return V::pick_into_zero(m, x, acc);
+  } else {
+    return vselect(m, x, acc);
   }
 }
 
@@ -414,9 +441,9 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
         const V d = cols[j] - shift;
         const V e = vexp<V, kMode != CeMode::backward>(d);  // (backward: the caller's lse)
         const auto is_y = veq(yf, jv);
-        ey = vselect(is_y, e, ey);
+        ey = pick_into_zero(is_y, e, ey);
         rest = add_unless(is_y, rest, e);
-        if constexpr (kLoss) dy = vselect(is_y, d, dy);
+        if constexpr (kLoss) dy = pick_into_zero(is_y, d, dy);
         if constexpr (kSmooth && kLoss) {
           const V scaled = d * V::set1(S(kSmoothSumScale));  // no float overflow near FLT_MAX
           if constexpr (kWeighted) {
@@ -444,11 +471,11 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
       (void)i;
       if constexpr (kLoss) {
         const auto [nll, log_s, lse] = row_loss_terms(rest, ey, s, V::load(dy_b + k), V::load(shift_b + k));
-        vselect(keep, lse, zero).store(lse_io + i);
+        zero_unless(keep, lse).store(lse_io + i);
         // A label of target weight 0 adds 0, even at nll = inf.
         const V label_weight = V::set1(keep_label) * wy;
         const V label_term = vselect(veq(label_weight, zero), zero, label_weight * nll);
-        vselect(keep, label_term, zero).store(loss_b + k);
+        zero_unless(keep, label_term).store(loss_b + k);
         if constexpr (kSmooth) log_s.store(log_s_b + k);
       }
 
@@ -497,7 +524,7 @@ void ce_small_rows_mode(const CeArgs& a, int64_t r0, int64_t r1) {
           cols[j] = vselect(veq(yf, jv), label, gj);
         }
         if (batch_has_ignored) {
-          for (int j = 0; j < C; ++j) cols[j] = vselect(keep, cols[j], zero);
+          for (int j = 0; j < C; ++j) cols[j] = zero_unless(keep, cols[j]);
         }
         S* dst;
         int64_t dst_stride;

@@ -93,6 +93,13 @@ struct VecF {
   friend VecF vselect(mask m, VecF if_true, VecF if_false) {
     return {blend_lanes(if_false.v, if_true.v, m)};
   }
+  // Selects that need no blend (vblendvps is 2 uops on Skylake, 3 on Golden Cove; and / or /
+  // andnot are 1): acc + x where m is clear, for acc that is not -0.0 (acc + 0.0 elsewhere);
+  // x where m is set and 0 elsewhere; x where m is set and acc elsewhere, for acc that is +0.0
+  // where m is set (a label's value picked out of its row's classes).
+  static VecF add_unless(mask m, VecF acc, VecF x) { return {_mm256_add_ps(acc.v, _mm256_andnot_ps(m, x.v))}; }
+  static VecF zero_unless(mask m, VecF x) { return {_mm256_and_ps(m, x.v)}; }
+  static VecF pick_into_zero(mask m, VecF x, VecF acc) { return {_mm256_or_ps(acc.v, _mm256_and_ps(m, x.v))}; }
   // The first n lanes (0 < n <= 8) from / to memory; the others are 0 on load and untouched on
   // store, and their memory is never accessed (so a short last row cannot fault). The store is
   // pieces of 4, 2 and 1 lanes: a masked store is microcoded on AMD, and a store to a buffer
@@ -221,6 +228,20 @@ struct VecF {
   // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23: table[k & 7] (one lane permute) plus the
   // low bits of t shifted into the exponent (the table takes off the k & 7 that comes along,
   // see vexp.h; k + 8 * 127 < 2^11, so nothing reaches the sign).
+  // 8 labels as floats, -1 where ignored: the int64 lanes made -1 there, their low halves
+  // packed in order and converted (validated labels: class indices fit int32).
+  static constexpr bool has_label_load = true;
+  static VecF load_labels(const int64_t* labels, int64_t ignore_index) {
+    const __m256i ignore = _mm256_set1_epi64x(ignore_index);
+    __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels));
+    __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels + 4));
+    lo = _mm256_or_si256(lo, _mm256_cmpeq_epi64(lo, ignore));
+    hi = _mm256_or_si256(hi, _mm256_cmpeq_epi64(hi, ignore));
+    // lanes: lo0 lo1 hi0 hi1 | lo2 lo3 hi2 hi3, then the middle 64-bit pairs swapped
+    const __m256 halves = _mm256_shuffle_ps(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi), 0x88);
+    const __m256i in_order = _mm256_permute4x64_epi64(_mm256_castps_si256(halves), 0xD8);
+    return {_mm256_cvtepi32_ps(in_order)};
+  }
   static constexpr bool has_lut8 = true;
   static VecF exp2_eighths(VecF t, const uint32_t* table) {
     const __m256i bits = _mm256_castps_si256(t.v);
@@ -269,6 +290,10 @@ struct VecD {
   friend VecD vselect(mask m, VecD if_true, VecD if_false) {
     return {blend_lanes(if_false.v, if_true.v, m)};
   }
+  // As VecF's.
+  static VecD add_unless(mask m, VecD acc, VecD x) { return {_mm256_add_pd(acc.v, _mm256_andnot_pd(m, x.v))}; }
+  static VecD zero_unless(mask m, VecD x) { return {_mm256_and_pd(m, x.v)}; }
+  static VecD pick_into_zero(mask m, VecD x, VecD acc) { return {_mm256_or_pd(acc.v, _mm256_and_pd(m, x.v))}; }
   static __m256i first_lanes(int n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
   }
