@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "dispatch.h"
@@ -17,6 +19,7 @@ namespace {
 
 #include "simd/half_scalar.h"
 
+#include "label_gate.h"
 #include "loss_sums.h"
 
 // Below this many logits a call runs on the calling thread: waking workers costs more.
@@ -364,29 +367,40 @@ void finish_row_losses(const CeArgs& a, const RowLossOutput& per_row, int64_t r0
 }  // namespace
 
 LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const RowLossOutput* per_row,
-                           int64_t* kept_rows) {
+                           int64_t* kept_rows, bool scale_by_kept) {
   const KernelTable& table = active_table();
   LossSums sums;
-  if (kept_rows) {
-    if (mode != CeMode::forward) throw std::invalid_argument("labels are checked in the tasks of forward calls only");
-    *kept_rows = 0;
-  }
+  if (kept_rows) *kept_rows = 0;
   if (a.rows == 0) return sums;
-  // Unchecked labels (kept_rows): whether rows [r0, r1) may be run, their kept count added.
-  std::atomic<bool> bad_label{false};
-  std::atomic<int64_t> kept_total{0};
-  auto labels_ok = [&](int64_t r0, int64_t r1) {
-    if (!kept_rows) return true;
-    const int64_t kept = table.count_kept_labels(a.labels + r0, r1 - r0, a.classes, a.ignore_index);
-    if (kept < 0) bad_label.store(true, std::memory_order_relaxed);
-    else kept_total.fetch_add(kept, std::memory_order_relaxed);
-    return kept >= 0;
+  // Unchecked labels (kept_rows): checked by the tasks, chunk by chunk (label_gate.h).
+  const bool check_first = kept_rows && mode != CeMode::forward;
+  auto count_kept = [&](int64_t r0, int64_t r1) {
+    return table.count_kept_labels(a.labels + r0, r1 - r0, a.classes, a.ignore_index);
   };
+  // Whether a task may run rows [r0, r1) (chunk c of `chunks`, the gate's); args then as it
+  // runs them (the gradient scales divided by the kept count when asked).
+  auto labels_ok = [&](LabelGate& gate, int64_t c, int64_t r0, int64_t r1, auto&& chunk_rows) {
+    if (!kept_rows) return true;
+    if (!check_first) return gate.check_own(c, [&](int64_t) { return count_kept(r0, r1); });
+    return gate.check_all(c, [&](int64_t k) {
+      const auto [k0, k1] = chunk_rows(k);
+      return count_kept(k0, k1);
+    });
+  };
+  auto scaled = [&](const CeArgs& args, const LabelGate& gate) {
+    CeArgs run = args;
+    if (check_first && scale_by_kept) {
+      run.grad_scale = args.grad_scale / double(gate.kept());
+      run.z_grad_scale = args.z_grad_scale / double(gate.kept());
+    }
+    return run;
+  };
+  auto whole_call = [&](int64_t) { return std::pair<int64_t, int64_t>(0, a.rows); };
   // After the run: the first bad label named (check_labels throws), or the count.
-  auto finish_labels = [&] {
+  auto finish_labels = [&](const LabelGate& gate) {
     if (!kept_rows) return;
-    if (bad_label.load()) check_labels(a.labels, a.rows, a.classes, a.ignore_index);
-    *kept_rows = kept_total.load();
+    if (gate.bad()) check_labels(a.labels, a.rows, a.classes, a.ignore_index);
+    *kept_rows = gate.kept();
   };
   want_sums = want_sums && mode != CeMode::backward;
   if (mode == CeMode::backward || want_sums) per_row = nullptr;  // (sums read row_loss unfinished)
@@ -397,8 +411,9 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
   // its own blocks while their losses are in cache and the result does not depend on threads.
   if (want_sums && a.rows <= kSumBlock && (get_num_threads() == 1 || a.rows * a.classes < kMinParallelLogits)) {
     // One block on this thread (the small calls): the same sums, without the bookkeeping.
-    if (labels_ok(0, a.rows)) ce_rows(table, a, mode, 0, a.rows);
-    finish_labels();
+    LabelGate gate(1);
+    if (labels_ok(gate, 0, 0, a.rows, whole_call)) ce_rows(table, scaled(a, gate), mode, 0, a.rows);
+    finish_labels(gate);
     sums.loss = sum_values(a.row_loss, a.rows);
     if (a.row_z) sums.z = sum_values(a.row_z, a.rows);
     return sums;
@@ -431,15 +446,19 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
   // (Soft-capped logits and probability targets run whole rows: the split merge knows neither.)
   const bool splittable = a.softcap == 0.0 && a.targets == nullptr;
   if (threads == 1 || work < kMinParallelLogits) {
-    if (labels_ok(0, a.rows)) {
-      ce_rows(table, args, mode, 0, a.rows);
+    LabelGate gate(1);
+    if (labels_ok(gate, 0, 0, a.rows, whole_call)) {
+      ce_rows(table, scaled(args, gate), mode, 0, a.rows);
       finish_rows(0, a.rows);
     }
+    finish_labels(gate);
   } else if (splittable && a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
-    if (labels_ok(0, a.rows)) {  // (a few rows)
-      split_rows(table, a, mode, threads);
+    LabelGate gate(1);
+    if (labels_ok(gate, 0, 0, a.rows, whole_call)) {  // (a few rows)
+      split_rows(table, scaled(a, gate), mode, threads);
       finish_rows(0, a.rows);
     }
+    finish_labels(gate);
   } else {
     const int64_t tasks = std::min<int64_t>(a.rows, int64_t(threads) * 4);
     // Tasks start on whole vectors of rows, so that the rows left to the row-per-lane kernels'
@@ -450,15 +469,17 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
       const int64_t r = a.rows * k / tasks;
       return k < tasks ? r / align * align : r;
     };
+    auto task_rows = [&](int64_t k) { return std::pair<int64_t, int64_t>(task_start(k), task_start(k + 1)); };
+    LabelGate gate(tasks);
     parallel_run(tasks, [&](int64_t k) {
       const int64_t r0 = task_start(k), r1 = task_start(k + 1);
-      if (!labels_ok(r0, r1)) return;
-      ce_rows(table, args, mode, r0, r1);
+      if (!labels_ok(gate, k, r0, r1, task_rows)) return;
+      ce_rows(table, scaled(args, gate), mode, r0, r1);
       sum_blocks_inside(r0, r1);
       finish_rows(r0, r1);
     });
+    finish_labels(gate);
   }
-  finish_labels();
   if (!want_sums) return sums;
   for (int64_t b = 0; b < blocks; ++b)
     if (!block_done[size_t(b)]) sum_block(b);

@@ -45,12 +45,15 @@ struct RowLossOutput {
 // they are still in cache; the sums are the same bits for any thread count. With per_row
 // (forward/fused, without sums), each task finishes its own rows' losses likewise (65536 x 3
 // float32: a serial pass after the call took 20 of its 84 us).
-// With kept_rows (forward only: it writes nothing of the caller's), args.labels are contiguous
-// int64 labels not yet checked: each task checks its own rows' labels before its kernels read
-// them (no separate pass and wake-up of the threads: check_labels' job), *kept_rows gets the
-// count of rows not ignored, and a bad label throws LabelError as check_labels does.
+// With kept_rows, args.labels are contiguous int64 labels not yet checked: the tasks check them
+// (no separate pass and wake-up of the threads: check_labels' job; label_gate.h), *kept_rows
+// gets the count of rows not ignored, and a bad label throws LabelError as check_labels does.
+// A forward checks each task's rows before reading them (it writes nothing of the caller's);
+// fused and backward calls check every label before any gradient is written, and with
+// scale_by_kept then divide grad_scale and z_grad_scale by the count ("mean").
 LossSums run_cross_entropy(const CeArgs& args, CeMode mode, bool want_sums = false,
-                           const RowLossOutput* per_row = nullptr, int64_t* kept_rows = nullptr);
+                           const RowLossOutput* per_row = nullptr, int64_t* kept_rows = nullptr,
+                           bool scale_by_kept = false);
 
 void run_rowop(const RowsArgs& args, RowOp op);
 

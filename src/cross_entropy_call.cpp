@@ -83,11 +83,13 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
   // Scratch, not std::vector: its zero-filling would be a whole extra pass.
   std::unique_ptr<unsigned char[]> labels64, own_row_z, own_lse, own_row_loss;
   int64_t kept_rows = a.rows;  // rows whose label is not ignore_index
-  // A forward call's contiguous int64 labels are checked by the kernels' tasks, each its own
-  // rows' before reading them (run_cross_entropy): the forward writes nothing of the caller's.
-  // (C++ alone, two threads, float32, medians of four runs: 65536 x 3 check then forward
-  // 47.2 us, checked in the tasks 44.8 us; 65536 x 10 120.8 -> 118.2 us.)
-  bool labels_checked_in_tasks = mode == CeMode::forward && !targets;
+  // Contiguous int64 labels are checked by the kernels' tasks (run_cross_entropy): a forward's
+  // each its own rows' before reading them, a fused or backward call's all before any gradient
+  // is written, the gradient scale of "mean" then divided by their count there (so not with
+  // class weights, whose mean divides by the summed weight of the labels). (C++ alone, two
+  // threads, float32, medians of four runs: 65536 x 3 check then forward 47.2 us, checked in the
+  // tasks 44.8 us; 65536 x 10 120.8 -> 118.2 us.)
+  bool labels_checked_in_tasks = !targets && (mode == CeMode::forward || !weight || reduction != kMean);
   if (targets) {
     const ArrayView& t = *targets;
     check_same_storage(t.dtype(), a.dtype == DType::f64 ? DType::f64 : DType::f32, "targets");
@@ -142,7 +144,8 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
   }
   // "mean" divides the cross-entropy by the summed target weight (the row count for probability
   // targets) and the z-loss term by the number of rows not ignored. (With labels checked in the
-  // tasks, after the run: the kept count comes from there, and the forward needs no scale.)
+  // tasks, after the run: the kept count comes from there, and run_cross_entropy has divided the
+  // gradient's scales by it.)
   double denom = 1.0, z_denom = 1.0;
   auto set_denominators = [&] {
     if (reduction == kMean) {
@@ -152,7 +155,12 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
     a.grad_scale = call.grad_output / denom;
     a.z_grad_scale = call.grad_output / z_denom;
   };
-  if (!labels_checked_in_tasks) set_denominators();
+  if (labels_checked_in_tasks) {  // the scales' numerators (run_cross_entropy divides for "mean")
+    a.grad_scale = call.grad_output;
+    a.z_grad_scale = call.grad_output;
+  } else {
+    set_denominators();
+  }
   a.grad_rows = grad_rows ? grad_rows->data_as<double>() : nullptr;
   if (lse) {
     a.lse = const_cast<void*>(lse->data());
@@ -189,11 +197,12 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
   const RowLossOutput* finish = reduction == kNone ? &per_row : nullptr;
   LossSums sums;
   int64_t* const count_into = labels_checked_in_tasks ? &kept_rows : nullptr;
+  const bool scale_by_kept = labels_checked_in_tasks && reduction == kMean;
   if (a.rows * a.classes < kKeepGilLogits) {
-    sums = run_cross_entropy(a, mode, reduction != kNone, finish, count_into);  // done before a release would pay off
+    sums = run_cross_entropy(a, mode, reduction != kNone, finish, count_into, scale_by_kept);  // done before a release would pay off
   } else {
     nb::gil_scoped_release release;
-    sums = run_cross_entropy(a, mode, reduction != kNone, finish, count_into);
+    sums = run_cross_entropy(a, mode, reduction != kNone, finish, count_into, scale_by_kept);
   }
   if (labels_checked_in_tasks) set_denominators();
   if (mode == CeMode::backward || reduction == kNone) return {NAN, kept_rows, NAN};

@@ -119,13 +119,13 @@ def test_negative_label_that_is_not_ignore_index(backend, label_dtype, rng):
                  backend)
 
 
-@pytest.mark.parametrize("func", ["cross_entropy_with_grad", "cross_entropy", "cross_entropy_forward"])
+@pytest.mark.parametrize("func", FUNCS)
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("bad_row", [3, 40000, 69999])
 def test_bad_label_in_a_long_call(backend, label_dtype, bad_row, func, rng):
-    """Long calls check their labels on every thread (a part each; forward calls' int64 labels
-    in the kernels' own tasks): a bad label in any part is named, the first one when there are
-    several, and nothing is written."""
+    """Long calls check their labels on every thread (a part each; int64 labels in the kernels'
+    own tasks, all of them before a fused or backward task writes): a bad label in any part is
+    named, the first one when there are several, and nothing is written."""
     n = 70000
     logits = rng.standard_normal((n, 3)).astype(np.float32)
     labels = rng.integers(0, 3, n).astype(label_dtype)
@@ -138,10 +138,10 @@ def test_bad_label_in_a_long_call(backend, label_dtype, bad_row, func, rng):
                      reduction=reduction)
 
 
-@pytest.mark.parametrize("func", ["cross_entropy", "cross_entropy_forward"])
+@pytest.mark.parametrize("func", FUNCS)
 def test_bad_label_in_long_rows(backend, func, rng):
     """Rows long enough to be split across threads: their labels are checked before any part
-    reads a row at its label."""
+    reads a row at its label or writes its gradient."""
     logits = rng.standard_normal((2, 300_000)).astype(np.float32)
     for labels, named in [([0, 300_000], "labels[1] = 300000"), ([-1, 5], "labels[0] = -1"),
                           ([2**40, 0], f"labels[0] = {2**40}")]:
