@@ -22,7 +22,9 @@ reference counting from array views, which would otherwise cost atomic operation
 
 The work is in one kernel function per dtype (every mode, the softmax family too): Numba
 compiles each @njit function to machine code on its own and again inside each caller, so
-helper functions would multiply the compile time.
+helper functions would multiply the compile time. The plain calls with at most 16 classes
+take a second one, _few_rows, which runs a batch of rows class by class (columns) so that its
+loops, log included, run down the rows as vectors.
 
 Only this module imports Numba; fastxent imports it on first use of backend="numba".
 """
@@ -148,6 +150,49 @@ def _tanh_taylor(count):
 # loses at most a few ulps to the subtraction (near 0 it would lose all of u's low bits).
 _TANH_NEAR = 0.25
 _TANH_POLY = {32: _tanh_taylor(6), 64: _tanh_taylor(12)}
+
+
+# log for float64 sums of exps (>= 1, or NaN): x = 2^e m, m in [sqrt(1/2), sqrt(2)),
+# log(m) = 2 atanh(u) = 2 (u + u^3/3 + ...), u = (m - 1) / (m + 1), |u| <= 0.172: 12 odd terms
+# reach float64 rounding (u^24 / 25 < 3e-39 relative to u).
+_LOG_TERMS = 12
+
+
+def _log_ir(builder, v):
+    """IR for log(v), v a float64 >= 1 or NaN (see _LOG_TERMS)."""
+    ty, i64 = v.type, ir.IntType(64)
+
+    def c(value):
+        return ir.Constant(ty, value)
+
+    bits = builder.bitcast(v, i64)
+    mant = builder.bitcast(builder.or_(builder.and_(bits, ir.Constant(i64, (1 << 52) - 1)),
+                                       ir.Constant(i64, 1023 << 52)), ty)
+    biased = builder.lshr(bits, ir.Constant(i64, 52))
+    expo = builder.sitofp(builder.sub(biased, ir.Constant(i64, 1023)), ty)
+    high = builder.fcmp_ordered(">", mant, c(math.sqrt(2.0)))
+    mant = builder.select(high, builder.fmul(mant, c(0.5)), mant)
+    expo = builder.select(high, builder.fadd(expo, c(1.0)), expo)
+    u = builder.fdiv(builder.fsub(mant, c(1.0)), builder.fadd(mant, c(1.0)))
+    u2 = builder.fmul(u, u)
+    series = c(1.0 / (2 * _LOG_TERMS - 1))
+    for k in range(_LOG_TERMS - 2, -1, -1):
+        series = _fmuladd(builder, series, u2, c(1.0 / (2 * k + 1)))
+    log_m = builder.fmul(builder.fadd(u, u), series)
+    # v - v is 0, or NaN when v is NaN or inf: the bit split alone would hide those.
+    return builder.fadd(_fmuladd(builder, expo, c(math.log(2.0)), log_m), builder.fsub(v, v))
+
+
+@intrinsic
+def _vlog(typingctx, x):
+    """log(x) of a float64 >= 1 as straight-line IR the loop vectoriser can widen."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _log_ir(builder, args[0])
+
+    return x(x), codegen
 
 
 def _float_intrinsic(builder, name, args):
@@ -526,6 +571,106 @@ def _rows_parallel(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gs
 
 
 # ----------------------------------------------------------------------------------------------
+# Rows of few classes, in the plain calls (class labels, no smoothing, z-loss, soft-cap or
+# accuracy): _rows' loops over a row's classes are too short to vectorise there, and its
+# per-row float64 log and exp (libm calls) cost as much as the rest. Here a batch of rows is
+# copied to columns (class j of every row contiguous), so that each step (the max, the exps and
+# their sum, the log, the label's float64 exp, the scaling) is a loop down the rows that LLVM
+# widens. Same formulas as _rows; the label's gradient entry likewise from float64.
+_FEW_CLASSES = 16
+_FEW_BATCH = 128
+
+
+@njit(**_OPTS)
+def _few_rows(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss, g, gs, r0, r1):
+    x, g, labels, w64 = _borrow(x), _borrow(g), _borrow(labels), _borrow(w64)
+    grows, lse, row_loss = _borrow(grows), _borrow(lse), _borrow(row_loss)
+    B = _FEW_BATCH
+    cols = np.empty(n * B, x.dtype)  # class j of the batch's row r at j * B + r
+    shift = np.empty(B, x.dtype)     # the row's max (backward: the caller's lse)
+    total = np.empty(B, x.dtype)     # the sum of its exps
+    zy = np.empty(B)                 # the label's logit
+    wy = np.empty(B)                 # the label's weight (0 in ignored rows)
+    coef = np.empty(B)               # the label's gradient coefficient
+    alpha = np.empty(B, x.dtype)     # the exps' gradient factor
+    gy = np.empty(B)                 # the label's gradient entry
+    kept = np.empty(B, np.bool_)
+    zero = x.dtype.type(0)
+    per_row = grows.shape[0] > 0
+    for i0 in range(r0, r1, B):
+        b = min(B, r1 - i0)
+        for r in range(b):
+            base = (i0 + r) * xs
+            for j in range(n):
+                cols[j * B + r] = x[base + j]
+        for r in range(b):
+            y = labels[i0 + r]
+            kept[r] = y != ignore
+            yk = y if kept[r] else 0
+            zy[r] = np.float64(cols[yk * B + r])
+            wy[r] = w64[yk] if kept[r] else 0.0
+            coef[r] = (gscale * grows[i0 + r] if per_row else gscale) * wy[r]
+        if mode == _BACKWARD:
+            for r in range(b):
+                shift[r] = lse[i0 + r]
+                alpha[r] = x.dtype.type(coef[r])
+                gy[r] = _vexp(zy[r] - np.float64(shift[r])) * coef[r] - coef[r]
+            for j in range(n):
+                for r in range(b):
+                    cols[j * B + r] = _vexp(cols[j * B + r] - shift[r]) * alpha[r]
+        else:
+            for r in range(b):
+                shift[r] = cols[r]
+                total[r] = zero
+            for j in range(1, n):
+                for r in range(b):
+                    shift[r] = _fmax(shift[r], cols[j * B + r])
+            for j in range(n):
+                for r in range(b):
+                    e = _vexp(cols[j * B + r] - shift[r])
+                    cols[j * B + r] = e
+                    total[r] = total[r] + e
+            for r in range(b):
+                m = np.float64(shift[r])
+                s = np.float64(total[r])
+                log_s = _vlog(s)
+                # (m - z_y) + log s rather than lse - z_y: exact when |m| dwarfs log s. A label
+                # of weight 0 counts 0, also at z_y = -inf; an all -inf row has lse -inf.
+                loss = wy[r] * ((m - zy[r]) + log_s)
+                row_loss[i0 + r] = loss if wy[r] != 0.0 else 0.0
+                lse_r = m + log_s if m != -np.inf else m
+                lse[i0 + r] = lse_r if kept[r] else zero
+                alpha[r] = x.dtype.type(coef[r] / s)
+                # p_y * coef - coef cancels when p_y is near 1: from the logit, in float64.
+                gy[r] = _vexp((zy[r] - m) - log_s) * coef[r] - coef[r]
+            if mode == _FORWARD:
+                continue
+            for j in range(n):
+                for r in range(b):
+                    cols[j * B + r] = cols[j * B + r] * alpha[r]
+        for r in range(b):
+            base = (i0 + r) * gs
+            if kept[r]:
+                for j in range(n):
+                    g[base + j] = cols[j * B + r]
+                g[base + labels[i0 + r]] = gy[r]
+            else:
+                for j in range(n):
+                    g[base + j] = zero
+
+
+@njit(parallel=True, **_OPTS)
+def _few_rows_parallel(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss, g, gs,
+                       rows, group):
+    x, labels, w64, grows = _borrow(x), _borrow(labels), _borrow(w64), _borrow(grows)
+    lse, row_loss, g = _borrow(lse), _borrow(row_loss), _borrow(g)
+    for k in prange((rows + group - 1) // group):
+        r0 = np.int64(k) * group
+        _few_rows(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss, g, gs, r0,
+                  min(r0 + group, rows))
+
+
+# ----------------------------------------------------------------------------------------------
 # Python side: flat views, argument preparation, thread choice, reductions.
 
 _lock = threading.Lock()
@@ -572,8 +717,9 @@ def _divide(a: float, b: float) -> float:
     return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
-def _launch(rows, classes, *args):
-    """Run the kernel on all rows: in parallel when there is enough work."""
+def _launch(rows, classes, *args, few=False):
+    """Run the kernel (few: _few_rows) on all rows: in parallel when there is enough work."""
+    serial, parallel = (_few_rows, _few_rows_parallel) if few else (_rows, _rows_parallel)
     big = rows > 1 and rows * classes >= _MIN_PARALLEL
     threads = min(get_num_threads(), numba.config.NUMBA_NUM_THREADS) if big else 1
     # One parallel launch at a time: Numba's workqueue threading layer aborts the process on
@@ -585,13 +731,13 @@ def _launch(rows, classes, *args):
             # gives each thread one fixed share, so one descheduled thread holds up the call).
             old = numba.set_parallel_chunksize(1)
             try:
-                _rows_parallel(*args, rows, max(1, rows // (threads * 8)))
+                parallel(*args, rows, max(1, rows // (threads * 8)))
             finally:
                 numba.set_parallel_chunksize(old)
         finally:
             _lock.release()
     else:
-        _rows(*args, 0, rows)
+        serial(*args, 0, rows)
 
 
 def _logits_flat(x: np.ndarray):
@@ -634,12 +780,14 @@ class _Call:
         else:
             self.wcum = _empty(_F64)
         self._denominator: float | None = None
+        self._kept: int | None = None
 
     def kept(self) -> int:
-        """The number of rows not ignored (the z-loss and accuracy divisor)."""
-        if self.problem.soft:
-            return self.rows
-        return int(np.count_nonzero(self.labels != self.ignore))
+        """The number of rows not ignored (the z-loss and accuracy divisor; counted once)."""
+        if self._kept is None:
+            soft = self.problem.soft
+            self._kept = self.rows if soft else int(np.count_nonzero(self.labels != self.ignore))
+        return self._kept
 
     def denominator(self) -> float:
         """The summed target weight of the rows not ignored (the "mean" divisor), or the
@@ -682,10 +830,15 @@ class _Call:
                 target, grad_out = grad_out, np.empty(grad_out.shape, grad_out.dtype)
                 flat = _flat(grad_out)
             g, gs = flat
-        _launch(rows, self.classes, mode, self.x, self.xs, self.classes, self.labels,
-                self.ignore, self.w, self.w64, self.wcum, self.wtotal, self.eps, gscale, grows,
-                lse, row_loss, g, gs, self.targets, self.classes, problem.z_loss, zscale, row_z,
-                correct, problem.softcap or 0.0)
+        if (self.classes <= _FEW_CLASSES and not problem.soft and self.eps == 0.0
+                and problem.z_loss == 0.0 and not want_accuracy and not problem.softcap):
+            _launch(rows, self.classes, mode, self.x, self.xs, self.classes, self.labels,
+                    self.ignore, self.w64, gscale, grows, lse, row_loss, g, gs, few=True)
+        else:
+            _launch(rows, self.classes, mode, self.x, self.xs, self.classes, self.labels,
+                    self.ignore, self.w, self.w64, self.wcum, self.wtotal, self.eps, gscale,
+                    grows, lse, row_loss, g, gs, self.targets, self.classes, problem.z_loss,
+                    zscale, row_z, correct, problem.softcap or 0.0)
         if target is not None:
             target[...] = grad_out
         return result
