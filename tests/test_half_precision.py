@@ -145,14 +145,15 @@ def test_matches_float64(backend, threads, dtype, shape, rng):
     np.testing.assert_array_equal(x.view(np.uint16), before.view(np.uint16))
 
 
-@pytest.mark.parametrize("c,n", [(5, 20), (50, 6), (40000, 3)],
-                         ids=["small-rows", "rows", "split-rows"])
+@pytest.mark.parametrize("c,n", [(5, 20), (24, 6), (50, 6), (40000, 3)],
+                         ids=["small-rows", "mid-rows", "rows", "split-rows"])
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_label_entry_does_not_cancel(backend, threads, dtype, c, n):
     """Confident rows, p_y = 1 - d: the label's gradient p_y - 1 = -d to the 16-bit type's own
     relative precision (computing p_y in float32 and subtracting 1 would leave d with
     float32's absolute error, 6e-8: 6% of d = 1e-6). Through each kernel path: rows of few
-    classes (one per vector lane), plain rows, and few long rows split across threads."""
+    classes (one per vector lane; numba's column batches up to 32), plain rows, and few long
+    rows split across threads."""
     ds = ([1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7] * 4)[:n] if n != 3 else [1e-4, 1e-6, 1e-7]
     x = np.zeros((len(ds), c))
     labels = (np.arange(len(ds)) * 7) % c

@@ -22,7 +22,7 @@ reference counting from array views, which would otherwise cost atomic operation
 
 The work is in one kernel function per dtype (every mode, the softmax family too): Numba
 compiles each @njit function to machine code on its own and again inside each caller, so
-helper functions would multiply the compile time. The plain calls with at most 16 classes
+helper functions would multiply the compile time. The plain calls with at most 32 classes
 take a second one, _few_rows, which runs a batch of rows class by class (columns) so that its
 loops, log included, run down the rows as vectors.
 
@@ -571,32 +571,41 @@ def _rows_parallel(mode, x, xs, n, labels, ignore, w, w64, wcum, wtotal, eps, gs
 
 
 # ----------------------------------------------------------------------------------------------
-# Rows of few classes, in the plain calls (class labels, no smoothing, z-loss, soft-cap or
-# accuracy): _rows' loops over a row's classes are too short to vectorise there, and its
-# per-row float64 log and exp (libm calls) cost as much as the rest. Here a batch of rows is
-# copied to columns (class j of every row contiguous), so that each step (the max, the exps and
-# their sum, the log, the label's float64 exp, the scaling) is a loop down the rows that LLVM
-# widens. Same formulas as _rows; the label's gradient entry likewise from float64.
-_FEW_CLASSES = 16
+# Rows of few classes, in the plain calls (class labels, no smoothing, z-loss or soft-cap):
+# _rows' loops over a row's classes are too short to vectorise there, and its per-row float64
+# log and exp (libm calls) cost as much as the rest. Here a batch of rows is copied to columns
+# (class j of every row contiguous), so that each step (the max, the exps and their sum, the
+# log, the label's float64 exp, the scaling) is a loop down the rows that LLVM widens. Same
+# formulas as _rows; the label's gradient entry likewise from float64.
+# Up to 32 classes (two threads, fused: 65536 x 17 2.2 -> 1.5 ms, x 32 2.9 -> 2.5 ms); at 64 the
+# row path is faster (3.8 against 4.2 ms), and from 100 the batch's columns outgrow L1.
+_FEW_CLASSES = 32
 _FEW_BATCH = 128
 
 
 @njit(**_OPTS)
-def _few_rows(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss, g, gs, r0, r1):
+def _few_rows(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss, g, gs, correct,
+              r0, r1):
     x, g, labels, w64 = _borrow(x), _borrow(g), _borrow(labels), _borrow(w64)
     grows, lse, row_loss = _borrow(grows), _borrow(lse), _borrow(row_loss)
+    correct = _borrow(correct)
     B = _FEW_BATCH
     cols = np.empty(n * B, x.dtype)  # class j of the batch's row r at j * B + r
     shift = np.empty(B, x.dtype)     # the row's max (backward: the caller's lse)
-    total = np.empty(B, x.dtype)     # the sum of its exps
+    # The sum of its exps, in float64: the max's exp, 1, is among them, and a float32 sum would
+    # round each small term against it (a confident row's 1 - p_y is made of those terms).
+    total = np.empty(B)
     zy = np.empty(B)                 # the label's logit
     wy = np.empty(B)                 # the label's weight (0 in ignored rows)
     coef = np.empty(B)               # the label's gradient coefficient
     alpha = np.empty(B, x.dtype)     # the exps' gradient factor
     gy = np.empty(B)                 # the label's gradient entry
     kept = np.empty(B, np.bool_)
+    first = np.empty(B, np.int64)    # the row's first class equal to its max
+    nan = np.empty(B, np.bool_)      # some logit of the row is NaN
     zero = x.dtype.type(0)
     per_row = grows.shape[0] > 0
+    want_correct = correct.shape[0] > 0
     for i0 in range(r0, r1, B):
         b = min(B, r1 - i0)
         for r in range(b):
@@ -621,18 +630,30 @@ def _few_rows(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss,
         else:
             for r in range(b):
                 shift[r] = cols[r]
-                total[r] = zero
+                total[r] = 0.0
             for j in range(1, n):
                 for r in range(b):
                     shift[r] = _fmax(shift[r], cols[j * B + r])
+            if want_correct:
+                # Correct: the first argmax is the label and no logit is NaN (as _rows).
+                for r in range(b):
+                    first[r] = n
+                    nan[r] = False
+                for j in range(n - 1, -1, -1):
+                    for r in range(b):
+                        v = cols[j * B + r]
+                        first[r] = j if v == shift[r] else first[r]
+                        nan[r] = nan[r] or v != v
+                for r in range(b):
+                    correct[i0 + r] = kept[r] and first[r] == labels[i0 + r] and not nan[r]
             for j in range(n):
                 for r in range(b):
                     e = _vexp(cols[j * B + r] - shift[r])
                     cols[j * B + r] = e
-                    total[r] = total[r] + e
+                    total[r] = total[r] + np.float64(e)
             for r in range(b):
                 m = np.float64(shift[r])
-                s = np.float64(total[r])
+                s = total[r]
                 log_s = _vlog(s)
                 # (m - z_y) + log s rather than lse - z_y: exact when |m| dwarfs log s. A label
                 # of weight 0 counts 0, also at z_y = -inf; an all -inf row has lse -inf.
@@ -661,13 +682,13 @@ def _few_rows(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss,
 
 @njit(parallel=True, **_OPTS)
 def _few_rows_parallel(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss, g, gs,
-                       rows, group):
+                       correct, rows, group):
     x, labels, w64, grows = _borrow(x), _borrow(labels), _borrow(w64), _borrow(grows)
-    lse, row_loss, g = _borrow(lse), _borrow(row_loss), _borrow(g)
+    lse, row_loss, g, correct = _borrow(lse), _borrow(row_loss), _borrow(g), _borrow(correct)
     for k in prange((rows + group - 1) // group):
         r0 = np.int64(k) * group
-        _few_rows(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss, g, gs, r0,
-                  min(r0 + group, rows))
+        _few_rows(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss, g, gs,
+                  correct, r0, min(r0 + group, rows))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -831,9 +852,9 @@ class _Call:
                 flat = _flat(grad_out)
             g, gs = flat
         if (self.classes <= _FEW_CLASSES and not problem.soft and self.eps == 0.0
-                and problem.z_loss == 0.0 and not want_accuracy and not problem.softcap):
+                and problem.z_loss == 0.0 and not problem.softcap):
             _launch(rows, self.classes, mode, self.x, self.xs, self.classes, self.labels,
-                    self.ignore, self.w64, gscale, grows, lse, row_loss, g, gs, few=True)
+                    self.ignore, self.w64, gscale, grows, lse, row_loss, g, gs, correct, few=True)
         else:
             _launch(rows, self.classes, mode, self.x, self.xs, self.classes, self.labels,
                     self.ignore, self.w, self.w64, self.wcum, self.wtotal, self.eps, gscale,
