@@ -225,9 +225,6 @@ struct VecF {
   }
   // 2^n from t = n + 127 + 1.5 * 2^23 (see vexp.h).
   static VecF pow2_from_biased(VecF t) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.v), 23))}; }
-  // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23: table[k & 7] (one lane permute) plus the
-  // low bits of t shifted into the exponent (the table takes off the k & 7 that comes along,
-  // see vexp.h; k + 8 * 127 < 2^11, so nothing reaches the sign).
   // 8 labels as floats, -1 where ignored: the int64 lanes made -1 there, their low halves
   // packed in order and converted (validated labels: class indices fit int32).
   static constexpr bool has_label_load = true;
@@ -242,6 +239,9 @@ struct VecF {
     const __m256i in_order = _mm256_permute4x64_epi64(_mm256_castps_si256(halves), 0xD8);
     return {_mm256_cvtepi32_ps(in_order)};
   }
+  // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23: table[k & 7] (one lane permute) plus the
+  // low bits of t shifted into the exponent (the table takes off the k & 7 that comes along,
+  // see vexp.h; k + 8 * 127 < 2^11, so nothing reaches the sign).
   static constexpr bool has_lut8 = true;
   static VecF exp2_eighths(VecF t, const uint32_t* table) {
     const __m256i bits = _mm256_castps_si256(t.v);
