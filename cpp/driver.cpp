@@ -377,11 +377,13 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
   auto count_kept = [&](int64_t r0, int64_t r1) {
     return table.count_kept_labels(a.labels + r0, r1 - r0, a.classes, a.ignore_index);
   };
-  // Whether a task may run rows [r0, r1) (chunk c of `chunks`, the gate's); args then as it
-  // runs them (the gradient scales divided by the kept count when asked).
+  // A gate over `chunks` chunks of rows (for check_all; none needed otherwise).
+  auto make_gate = [&](int64_t chunks) { return LabelGate(check_first ? chunks : 0); };
+  // Whether a task may run rows [r0, r1) (chunk c of the gate's); args then as it runs them
+  // (the gradient scales divided by the kept count when asked).
   auto labels_ok = [&](LabelGate& gate, int64_t c, int64_t r0, int64_t r1, auto&& chunk_rows) {
     if (!kept_rows) return true;
-    if (!check_first) return gate.check_own(c, [&](int64_t) { return count_kept(r0, r1); });
+    if (!check_first) return gate.check_own([&] { return count_kept(r0, r1); });
     return gate.check_all(c, [&](int64_t k) {
       const auto [k0, k1] = chunk_rows(k);
       return count_kept(k0, k1);
@@ -411,7 +413,7 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
   // its own blocks while their losses are in cache and the result does not depend on threads.
   if (want_sums && a.rows <= kSumBlock && (get_num_threads() == 1 || a.rows * a.classes < kMinParallelLogits)) {
     // One block on this thread (the small calls): the same sums, without the bookkeeping.
-    LabelGate gate(1);
+    LabelGate gate = make_gate(1);
     if (labels_ok(gate, 0, 0, a.rows, whole_call)) ce_rows(table, scaled(a, gate), mode, 0, a.rows);
     finish_labels(gate);
     sums.loss = sum_values(a.row_loss, a.rows);
@@ -446,14 +448,14 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
   // (Soft-capped logits and probability targets run whole rows: the split merge knows neither.)
   const bool splittable = a.softcap == 0.0 && a.targets == nullptr;
   if (threads == 1 || work < kMinParallelLogits) {
-    LabelGate gate(1);
+    LabelGate gate = make_gate(1);
     if (labels_ok(gate, 0, 0, a.rows, whole_call)) {
       ce_rows(table, scaled(args, gate), mode, 0, a.rows);
       finish_rows(0, a.rows);
     }
     finish_labels(gate);
   } else if (splittable && a.rows < kSplitRowsPerThread * threads && a.classes >= kMinSplitClasses) {
-    LabelGate gate(1);
+    LabelGate gate = make_gate(1);
     if (labels_ok(gate, 0, 0, a.rows, whole_call)) {  // (a few rows)
       split_rows(table, scaled(a, gate), mode, threads);
       finish_rows(0, a.rows);
@@ -470,7 +472,7 @@ LossSums run_cross_entropy(const CeArgs& a, CeMode mode, bool want_sums, const R
       return k < tasks ? r / align * align : r;
     };
     auto task_rows = [&](int64_t k) { return std::pair<int64_t, int64_t>(task_start(k), task_start(k + 1)); };
-    LabelGate gate(tasks);
+    LabelGate gate = make_gate(tasks);
     parallel_run(tasks, [&](int64_t k) {
       const int64_t r0 = task_start(k), r1 = task_start(k + 1);
       if (!labels_ok(gate, k, r0, r1, task_rows)) return;

@@ -13,20 +13,20 @@
 
 class LabelGate {
  public:
+  // chunks: how many chunks check_all covers (0 when only check_own is used: no allocation,
+  // which the small calls would otherwise pay).
   explicit LabelGate(int64_t chunks) : chunks_(chunks), taken_(size_t(chunks)) {
     for (auto& t : taken_) t.store(false, std::memory_order_relaxed);
   }
 
-  // count(c): chunk c's kept labels, or -1 when one of them is bad.
-  // Forward: chunk c checked; true when its labels are valid.
+  // count(): the chunk's kept labels, or -1 when one of them is bad.
+  // Forward: one task's own chunk checked; true when its labels are valid.
   template <class Count>
-  bool check_own(int64_t c, Count&& count) {
-    taken_[size_t(c)].store(true, std::memory_order_relaxed);
-    const bool ok = record(count(c));
-    checked_.fetch_add(1, std::memory_order_release);
-    return ok;
+  bool check_own(Count&& count) {
+    return record(count());
   }
 
+  // count(k): chunk k's kept labels, or -1 when one of them is bad.
   // Fused / backward: every chunk checked (starting at chunk c); true when all labels are valid.
   template <class Count>
   bool check_all(int64_t c, Count&& count) {

@@ -661,9 +661,10 @@ def _few_rows(mode, x, xs, n, labels, ignore, w64, gscale, grows, lse, row_loss,
                 row_loss[i0 + r] = loss if wy[r] != 0.0 else 0.0
                 lse_r = m + log_s if m != -np.inf else m
                 lse[i0 + r] = lse_r if kept[r] else zero
-                alpha[r] = x.dtype.type(coef[r] / s)
-                # p_y * coef - coef cancels when p_y is near 1: from the logit, in float64.
-                gy[r] = _vexp((zy[r] - m) - log_s) * coef[r] - coef[r]
+                if mode == _FUSED:  # (the gradient's factors: none in a forward)
+                    alpha[r] = x.dtype.type(coef[r] / s)
+                    # p_y * coef - coef cancels when p_y is near 1: from the logit, in float64.
+                    gy[r] = _vexp((zy[r] - m) - log_s) * coef[r] - coef[r]
             if mode == _FORWARD:
                 continue
             for j in range(n):
