@@ -45,6 +45,20 @@ def test_cpp_restored(benchmark, case, out, inplace):
     case.check("cpp fused inplace" if inplace else "cpp fused out= after restore", loss, grad)
 
 
+def test_cpp_inplace_chained(benchmark, case):
+    """inplace=True on one buffer call after call, no restore: each call's logits are the
+    gradient the last one left (finite, the same work), in the caches the threads left them in,
+    as test_cpp_out finds its buffers: the like-for-like comparison with out=."""
+    benchmark.group = group("fused", case)
+    x, y = case.logits, case.labels
+    chain = x.copy()
+    loss, grad = xent(chain, y, inplace=True, backend="cpp")
+    assert grad is chain
+    case.check("cpp fused inplace, first call", loss, grad)
+    run(benchmark, lambda: xent(chain, y, inplace=True, backend="cpp"), case=case)
+    assert np.isfinite(chain).all()
+
+
 def test_numba_out(benchmark, case, out):
     why = fb.numba_missing()
     if why:
