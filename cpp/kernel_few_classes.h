@@ -153,6 +153,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
     double* row_loss = a.row_loss;
     const int64_t* labels = a.labels;
     const int64_t ignore_index = a.ignore_index;
+    const bool negative_ignore = ignore_index < 0 && ignore_index >= INT32_MIN;
     const V zero = V::set1(S(0)), one = V::set1(S(1)), g = V::set1(S(a.grad_scale));
     const bool in_place = kGrad && static_cast<const void*>(grad) == static_cast<const void*>(logits);
     constexpr int64_t kBatch = int64_t(G) * W, kAhead = 4 * kSmallBatch;
@@ -176,7 +177,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
       V cols[G][C], yv[G], shift[G], rest[G], ey[G], dy[G];
       FX_UNROLL_GROUPS
       for (int q = 0; q < G; ++q) {
-        yv[q] = group_labels<V>(labels + i + q * W, ignore_index, yf + q * W);
+        yv[q] = group_labels<V>(labels + i + q * W, ignore_index, negative_ignore, yf + q * W);
         load_group_columns<V, C>(logits + (i + q * W) * C, cols[q]);
         if constexpr (kLoss) {
           V m = cols[q][0];
@@ -194,10 +195,10 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
         for (int j = 0; j < C; ++j, jv = jv + one) {
           const V d = cols[q][j] - shift[q];
           const V e = vexp<V, kLoss>(d);
-          const auto is_y = veq(yv[q], jv);
-          e_y = pick_into_zero(is_y, e, e_y);
-          r = add_unless(is_y, r, e);
-          if constexpr (kLoss) d_y = pick_into_zero(is_y, d, d_y);
+          const auto other = vne(yv[q], jv);
+          e_y = pick_unless(other, e, e_y);
+          r = add_where(other, r, e);
+          if constexpr (kLoss) d_y = pick_unless(other, d, d_y);
           cols[q][j] = e;
         }
         rest[q] = r;
@@ -234,10 +235,12 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
           }
           const V label = zero - label_coef * (one_minus_py * inv_s);
           const V alpha = kMode == CeMode::backward ? label_coef : label_coef * inv_s;
+          // 0 in ignored rows, NaN rows too, as they are scaled (AVX-512: a zero-masked
+          // multiply); their label is below every class, so no lane of theirs takes `label`.
           V jv = zero;
           FX_UNROLL_GROUPS
           for (int j = 0; j < C; ++j, jv = jv + one) {
-            cols[q][j] = zero_unless(keep, vselect(veq(yv[q], jv), label, cols[q][j] * alpha));
+            cols[q][j] = vselect(vne(yv[q], jv), zero_unless(keep, cols[q][j] * alpha), label);
           }
           store_group_columns<V, C>(cols[q], grad + row * C);
         }

@@ -121,12 +121,15 @@ def test_special_rows(fast_backend, threads, c, rng):
     assert_grad_close(bgrad[modest], want_grad[modest], np.float32, scale)
 
 
-@pytest.mark.parametrize("ignore_index", [2**32 + 1, -(2**63), 2**63 - 1, -1, 0, 1, 6])
+@pytest.mark.parametrize("ignore_index", [2**32 + 1, -(2**63), 2**63 - 1, -1, 0, 1, 6, -100, -(2**31),
+                                          -(2**31) - 1, -(2**32) + 1])
 @pytest.mark.parametrize("c", [1, 2, 3, 7, 10])
 def test_any_ignore_index(cpp_isa, threads, c, ignore_index, rng):
     """Labels are read 16 at a time as floats (AVX-512), the ignored ones found by whole 64-bit
     compares: an ignore_index whose low 32 bits are a class index (2**32 + 1) must not ignore
-    that class, and one inside [0, C) ignores exactly that class's rows."""
+    that class, and one inside [0, C) ignores exactly that class's rows. A negative int32
+    ignore_index (-100 down to -2**31) takes the low halves alone; just below that range, or
+    negative with a class in its low half (-2**32 + 1), the compares must still run."""
     n = 64 * 3 + 13
     x = make_logits(rng, (n, c), np.float32)
     labels = make_labels(rng, (n,), c, ignore_index=ignore_index, ignore_frac=0.2)

@@ -89,17 +89,18 @@ struct VecF {
   // Masks (all bits set per lane where true) and lane selection, for rows held one per lane.
   using mask = __m256;
   friend mask veq(VecF a, VecF b) { return _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vne(VecF a, VecF b) { return _mm256_cmp_ps(a.v, b.v, _CMP_NEQ_OQ); }
   friend mask vlt(VecF a, VecF b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ); }
   friend VecF vselect(mask m, VecF if_true, VecF if_false) {
     return {blend_lanes(if_false.v, if_true.v, m)};
   }
   // Selects that need no blend (vblendvps is 2 uops on Skylake, 3 on Golden Cove; and / or /
-  // andnot are 1): acc + x where m is clear, for acc that is not -0.0 (acc + 0.0 elsewhere);
-  // x where m is set and 0 elsewhere; x where m is set and acc elsewhere, for acc that is +0.0
-  // where m is set (a label's value picked out of its row's classes).
-  static VecF add_unless(mask m, VecF acc, VecF x) { return {_mm256_add_ps(acc.v, _mm256_andnot_ps(m, x.v))}; }
+  // andnot are 1): acc + x where m is set, for acc that is not -0.0 (acc + 0.0 elsewhere);
+  // x where m is set and 0 elsewhere; x where m is clear and acc where it is set, for acc that
+  // is +0.0 where m is clear (a label's value picked out of its row's classes).
+  static VecF add_where(mask m, VecF acc, VecF x) { return {_mm256_add_ps(acc.v, _mm256_and_ps(m, x.v))}; }
   static VecF zero_unless(mask m, VecF x) { return {_mm256_and_ps(m, x.v)}; }
-  static VecF pick_into_zero(mask m, VecF x, VecF acc) { return {_mm256_or_ps(acc.v, _mm256_and_ps(m, x.v))}; }
+  static VecF pick_unless(mask m, VecF x, VecF acc) { return {_mm256_or_ps(acc.v, _mm256_andnot_ps(m, x.v))}; }
   // The first n lanes (0 < n <= 8) from / to memory; the others are 0 on load and untouched on
   // store, and their memory is never accessed (so a short last row cannot fault). The store is
   // pieces of 4, 2 and 1 lanes: a masked store is microcoded on AMD, and a store to a buffer
@@ -239,6 +240,14 @@ struct VecF {
     const __m256i in_order = _mm256_permute4x64_epi64(_mm256_castps_si256(halves), 0xD8);
     return {_mm256_cvtepi32_ps(in_order)};
   }
+  // The same where ignore_index is a negative int32: an ignored label's low half is that
+  // negative number, below every class already, so the compares are left out.
+  static VecF load_labels_low(const int64_t* labels) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels + 4));
+    const __m256 halves = _mm256_shuffle_ps(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi), 0x88);
+    return {_mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_castps_si256(halves), 0xD8))};
+  }
   // 2^(k/8) from t = k + 8 * 127 + 1.5 * 2^23: table[k & 7] (one lane permute) plus the
   // low bits of t shifted into the exponent (the table takes off the k & 7 that comes along,
   // see vexp.h; k + 8 * 127 < 2^11, so nothing reaches the sign).
@@ -286,14 +295,15 @@ struct VecD {
   bool any_nan() const { return _mm256_movemask_pd(_mm256_cmp_pd(v, v, _CMP_UNORD_Q)) != 0; }
   using mask = __m256d;
   friend mask veq(VecD a, VecD b) { return _mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vne(VecD a, VecD b) { return _mm256_cmp_pd(a.v, b.v, _CMP_NEQ_OQ); }
   friend mask vlt(VecD a, VecD b) { return _mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ); }
   friend VecD vselect(mask m, VecD if_true, VecD if_false) {
     return {blend_lanes(if_false.v, if_true.v, m)};
   }
   // As VecF's.
-  static VecD add_unless(mask m, VecD acc, VecD x) { return {_mm256_add_pd(acc.v, _mm256_andnot_pd(m, x.v))}; }
+  static VecD add_where(mask m, VecD acc, VecD x) { return {_mm256_add_pd(acc.v, _mm256_and_pd(m, x.v))}; }
   static VecD zero_unless(mask m, VecD x) { return {_mm256_and_pd(m, x.v)}; }
-  static VecD pick_into_zero(mask m, VecD x, VecD acc) { return {_mm256_or_pd(acc.v, _mm256_and_pd(m, x.v))}; }
+  static VecD pick_unless(mask m, VecD x, VecD acc) { return {_mm256_or_pd(acc.v, _mm256_andnot_pd(m, x.v))}; }
   static __m256i first_lanes(int n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
   }

@@ -106,13 +106,13 @@ struct VecF {
   // Masks and lane selection, for rows held one per lane (see vec_avx2.h).
   using mask = __mmask16;
   friend mask veq(VecF a, VecF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vne(VecF a, VecF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_NEQ_OQ); }
   friend mask vlt(VecF a, VecF b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
   friend VecF vselect(mask m, VecF if_true, VecF if_false) {
     return {_mm512_mask_blend_ps(m, if_false.v, if_true.v)};
   }
-  static VecF add_unless(mask m, VecF acc, VecF x) {  // acc + x where m is clear
-    return {_mm512_mask_add_ps(acc.v, mask(~m), acc.v, x.v)};
-  }
+  static VecF add_where(mask m, VecF acc, VecF x) { return {_mm512_mask_add_ps(acc.v, m, acc.v, x.v)}; }
+  static VecF pick_unless(mask m, VecF x, VecF acc) { return {_mm512_mask_blend_ps(m, x.v, acc.v)}; }
   static VecF load_first(const float* p, int n) {
     return {_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p)};
   }
@@ -172,6 +172,13 @@ struct VecF {
     const __m512 as_float = _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, even, hi));
     return {_mm512_mask_blend_ps(ignored, as_float, _mm512_set1_ps(-1.0f))};
   }
+  // The same where ignore_index is a negative int32: an ignored label's low half is that
+  // negative number, below every class already, so the compares and the blend are left out.
+  static VecF load_labels_low(const int64_t* labels) {
+    const __m512i lo = _mm512_loadu_si512(labels), hi = _mm512_loadu_si512(labels + 8);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return {_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, even, hi))};
+  }
   static VecF lookup32_by_mantissa(VecF m, const float* table) {
     const __m512i index = _mm512_srli_epi32(_mm512_castps_si512(m.v), 18);
     return {_mm512_permutex2var_ps(_mm512_loadu_ps(table), index, _mm512_loadu_ps(table + 16))};
@@ -216,13 +223,13 @@ struct VecD {
   bool any_nan() const { return _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) != 0; }
   using mask = __mmask8;
   friend mask veq(VecD a, VecD b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend mask vne(VecD a, VecD b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_NEQ_OQ); }
   friend mask vlt(VecD a, VecD b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ); }
   friend VecD vselect(mask m, VecD if_true, VecD if_false) {
     return {_mm512_mask_blend_pd(m, if_false.v, if_true.v)};
   }
-  static VecD add_unless(mask m, VecD acc, VecD x) {  // acc + x where m is clear
-    return {_mm512_mask_add_pd(acc.v, mask(~m), acc.v, x.v)};
-  }
+  static VecD add_where(mask m, VecD acc, VecD x) { return {_mm512_mask_add_pd(acc.v, m, acc.v, x.v)}; }
+  static VecD pick_unless(mask m, VecD x, VecD acc) { return {_mm512_mask_blend_pd(m, x.v, acc.v)}; }
   static VecD load_first(const double* p, int n) {
     return {_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p)};
   }

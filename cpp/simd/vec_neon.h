@@ -52,6 +52,7 @@ struct VecF {
   // loads or stores: a short row goes through a small buffer. Transpose: the kernel body's.
   using mask = uint32x4_t;
   friend mask veq(VecF a, VecF b) { return vceqq_f32(a.v, b.v); }
+  friend mask vne(VecF a, VecF b) { return vmvnq_u32(vceqq_f32(a.v, b.v)); }
   friend mask vlt(VecF a, VecF b) { return vcltq_f32(a.v, b.v); }
   friend VecF vselect(mask m, VecF if_true, VecF if_false) { return {vbslq_f32(m, if_true.v, if_false.v)}; }
   static VecF load_first(const float* p, int n) {
@@ -106,6 +107,7 @@ struct VecD {
   }
   using mask = uint64x2_t;
   friend mask veq(VecD a, VecD b) { return vceqq_f64(a.v, b.v); }
+  friend mask vne(VecD a, VecD b) { return vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vceqq_f64(a.v, b.v)))); }
   friend mask vlt(VecD a, VecD b) { return vcltq_f64(a.v, b.v); }
   friend VecD vselect(mask m, VecD if_true, VecD if_false) { return {vbslq_f64(m, if_true.v, if_false.v)}; }
   static VecD load_first(const double* p, int n) {
