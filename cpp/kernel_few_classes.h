@@ -153,7 +153,6 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
     double* row_loss = a.row_loss;
     const int64_t* labels = a.labels;
     const int64_t ignore_index = a.ignore_index;
-    const bool negative_ignore = ignore_index < 0 && ignore_index >= INT32_MIN;
     const V zero = V::set1(S(0)), one = V::set1(S(1)), g = V::set1(S(a.grad_scale));
     const bool in_place = kGrad && static_cast<const void*>(grad) == static_cast<const void*>(logits);
     constexpr int64_t kBatch = int64_t(G) * W, kAhead = 4 * kSmallBatch;
@@ -177,7 +176,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
       V cols[G][C], yv[G], shift[G], rest[G], ey[G], dy[G];
       FX_UNROLL_GROUPS
       for (int q = 0; q < G; ++q) {
-        yv[q] = group_labels<V>(labels + i + q * W, ignore_index, negative_ignore, yf + q * W);
+        yv[q] = group_labels<V>(labels + i + q * W, ignore_index, yf + q * W);
         load_group_columns<V, C>(logits + (i + q * W) * C, cols[q]);
         if constexpr (kLoss) {
           V m = cols[q][0];

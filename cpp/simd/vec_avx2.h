@@ -226,25 +226,24 @@ struct VecF {
   }
   // 2^n from t = n + 127 + 1.5 * 2^23 (see vexp.h).
   static VecF pow2_from_biased(VecF t) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.v), 23))}; }
-  // 8 labels as floats, -1 where ignored: the int64 lanes made -1 there, their low halves
-  // packed in order and converted (validated labels: class indices fit int32).
+  // 8 validated labels (class indices fit int32) as floats: the low halves of the int64 lanes
+  // packed in order and converted. Right as they are where ignore_index is a negative int32
+  // (an ignored label's low half is that negative number, below every class).
   static constexpr bool has_label_load = true;
+  static VecF load_labels_low(const int64_t* labels) {
+    return low_halves(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels)),
+                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels + 4)));
+  }
+  // For any ignore_index: -1 where ignored, the int64 lanes made -1 there first.
   static VecF load_labels(const int64_t* labels, int64_t ignore_index) {
     const __m256i ignore = _mm256_set1_epi64x(ignore_index);
-    __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels));
-    __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels + 4));
-    lo = _mm256_or_si256(lo, _mm256_cmpeq_epi64(lo, ignore));
-    hi = _mm256_or_si256(hi, _mm256_cmpeq_epi64(hi, ignore));
-    // lanes: lo0 lo1 hi0 hi1 | lo2 lo3 hi2 hi3, then the middle 64-bit pairs swapped
-    const __m256 halves = _mm256_shuffle_ps(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi), 0x88);
-    const __m256i in_order = _mm256_permute4x64_epi64(_mm256_castps_si256(halves), 0xD8);
-    return {_mm256_cvtepi32_ps(in_order)};
-  }
-  // The same where ignore_index is a negative int32: an ignored label's low half is that
-  // negative number, below every class already, so the compares are left out.
-  static VecF load_labels_low(const int64_t* labels) {
     const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels));
     const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(labels + 4));
+    return low_halves(_mm256_or_si256(lo, _mm256_cmpeq_epi64(lo, ignore)),
+                      _mm256_or_si256(hi, _mm256_cmpeq_epi64(hi, ignore)));
+  }
+  static VecF low_halves(__m256i lo, __m256i hi) {
+    // lanes: lo0 lo1 hi0 hi1 | lo2 lo3 hi2 hi3, then the middle 64-bit pairs swapped
     const __m256 halves = _mm256_shuffle_ps(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi), 0x88);
     return {_mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_castps_si256(halves), 0xD8))};
   }

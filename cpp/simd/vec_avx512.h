@@ -159,25 +159,23 @@ struct VecF {
   // table[i] for m in [1, 2) with top 5 mantissa bits i (vlog.h): the permute reads the index's
   // low 5 bits, so the exponent above them needs no mask.
   static constexpr bool has_lut32 = true;
-  // 16 validated int64 labels (class indices, below 2^24, or ignore_index) as floats, -1 where
-  // ignored: the low halves gathered by one permute and converted, the ignored lanes found by
-  // whole 64-bit compares. The compiler's loop went through int32 and float arrays on the stack.
+  // 16 validated int64 labels (class indices, below 2^24, or ignore_index) as floats: their low
+  // halves gathered by one permute and converted. The compiler's loop went through int32 and
+  // float arrays on the stack. Right as they are where ignore_index is a negative int32 (an
+  // ignored label's low half is that negative number, below every class).
   static constexpr bool has_label_load = true;
+  static VecF load_labels_low(const int64_t* labels) {
+    const __m512i lo = _mm512_loadu_si512(labels), hi = _mm512_loadu_si512(labels + 8);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return {_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, even, hi))};
+  }
+  // For any ignore_index: -1 where ignored, the ignored lanes found by whole 64-bit compares.
   static VecF load_labels(const int64_t* labels, int64_t ignore_index) {
     const __m512i lo = _mm512_loadu_si512(labels), hi = _mm512_loadu_si512(labels + 8);
     const __m512i ignore = _mm512_set1_epi64(ignore_index);
     const __mmask16 ignored =
         _mm512_kunpackb(_mm512_cmpeq_epi64_mask(hi, ignore), _mm512_cmpeq_epi64_mask(lo, ignore));
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512 as_float = _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, even, hi));
-    return {_mm512_mask_blend_ps(ignored, as_float, _mm512_set1_ps(-1.0f))};
-  }
-  // The same where ignore_index is a negative int32: an ignored label's low half is that
-  // negative number, below every class already, so the compares and the blend are left out.
-  static VecF load_labels_low(const int64_t* labels) {
-    const __m512i lo = _mm512_loadu_si512(labels), hi = _mm512_loadu_si512(labels + 8);
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    return {_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, even, hi))};
+    return {_mm512_mask_blend_ps(ignored, load_labels_low(labels).v, _mm512_set1_ps(-1.0f))};
   }
   static VecF lookup32_by_mantissa(VecF m, const float* table) {
     const __m512i index = _mm512_srli_epi32(_mm512_castps_si512(m.v), 18);
