@@ -3,7 +3,9 @@
 c_i = 1 + i/32, and log(m) = -log(R_i) + log1p(m R_i - 1) with R_i = 1/c_i rounded to float
 and the table entry -log(R_i) computed from that rounded R_i (so the rounding of R_i costs
 nothing). r = m R_i - 1 lies in [0, 1/32]: log1p's Taylor series to degree 5 is within
-r^5 / 6 relative (< 6e-9). Run it to print the two tables as C++ hex floats.
+r^5 / 6 relative (< 6e-9). ISAs with an 8-entry lane permute (AVX2) take the same table of
+8 entries (top 3 bits), r in [0, 1/8], and the series to degree 8 (1.2 ulp in all). Run it to
+print the tables as C++ hex floats.
 
 The double tables (ISAs with a 16-entry permute of doubles): m in [0.75, 1.5), k = round(16 m)
 in 12 .. 24, stored at k mod 16 (distinct; 9-11 unused), R_k = 16 / k rounded to double and
@@ -15,8 +17,8 @@ from decimal import Decimal, getcontext
 import numpy as np
 
 
-def tables():
-    centers = 1.0 + np.arange(32) / 32.0
+def tables(entries=32):
+    centers = 1.0 + np.arange(entries) / float(entries)
     inv = (1.0 / centers).astype(np.float32)
     neg_log = (0.0 - np.log(inv.astype(np.float64))).astype(np.float32)  # +0.0 at i = 0
     return inv, neg_log
@@ -46,6 +48,9 @@ if __name__ == "__main__":
     inv, neg_log = tables()
     print(cpp_array("kLogTableInv", inv))
     print(cpp_array("kLogTableNegLog", neg_log))
+    inv, neg_log = tables(8)
+    print(cpp_array("kLogTable8Inv", inv))
+    print(cpp_array("kLogTable8NegLog", neg_log))
     inv, neg_log = double_tables()
     print(cpp_array("kLogTable16Inv", inv, "double"))
     print(cpp_array("kLogTable16NegLog", neg_log, "double"))

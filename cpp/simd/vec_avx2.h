@@ -224,6 +224,13 @@ struct VecF {
     bits = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)), _mm256_set1_epi32(0x3F800000));
     mant.v = _mm256_castsi256_ps(bits);
   }
+  // table[i] for m's top 3 mantissa bits i (the permute reads the low 3 bits of the shifted
+  // index); the table built from its values, not loaded, as in exp2_eighths.
+  static constexpr bool has_log_lut8 = true;
+  static VecF lookup8_by_mantissa(VecF m, const float* t) {
+    const __m256 entries = _mm256_setr_ps(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+    return {_mm256_permutevar8x32_ps(entries, _mm256_srli_epi32(_mm256_castps_si256(m.v), 20))};
+  }
   // 2^n from t = n + 127 + 1.5 * 2^23 (see vexp.h).
   static VecF pow2_from_biased(VecF t) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.v), 23))}; }
   // 8 validated labels (class indices fit int32) as floats: the low halves of the int64 lanes
