@@ -22,8 +22,23 @@ inline int64_t check_labels_into(const L* labels, int64_t n, int64_t classes, in
   return all_ok == ~uint64_t(0) ? n + minus_ignored : -1;
 }
 
+// Has VecF its own scan of int64 labels (VecF::count_kept_labels, same answer)?
+template <class V, class = void>
+struct HasLabelScan : std::false_type {};
+template <class V>
+struct HasLabelScan<V, std::void_t<decltype(V::count_kept_labels(nullptr, 0, 0, 0))>> : std::true_type {};
+
+template <class V>
+inline int64_t scan_kept_labels(const int64_t* labels, int64_t n, int64_t classes, int64_t ignore_index) {
+  if constexpr (HasLabelScan<V>::value) {
+    return V::count_kept_labels(labels, n, classes, ignore_index);
+  } else {
+    return check_labels_into<int64_t>(labels, n, classes, ignore_index, nullptr);
+  }
+}
+
 inline int64_t count_kept_labels(const int64_t* labels, int64_t n, int64_t classes, int64_t ignore_index) {
-  return check_labels_into<int64_t>(labels, n, classes, ignore_index, nullptr);
+  return scan_kept_labels<VecF>(labels, n, classes, ignore_index);
 }
 
 inline int64_t widen_kept_labels(const int32_t* labels, int64_t n, int64_t classes, int64_t ignore_index,

@@ -150,6 +150,37 @@ def test_bad_label_in_long_rows(backend, func, rng):
                          weight=weight)
 
 
+@pytest.mark.parametrize("bad", [3, -1, 2**31, 2**32 + 1, -(2**32) + 1, -(2**63)])
+def test_label_scan_every_length_and_place(cpp_isa, bad, rng):
+    """The ISAs' label scans (AVX-512: masked 64-bit maxima; AVX2: maxima of the 32-bit halves)
+    at every length up to five vectors' worth, ignored rows among the labels: valid labels give
+    the reference's mean (over the kept rows), and a bad one at any place is named, also one
+    whose low half is a class index (2**32 + 1, -2**32 + 1)."""
+    classes = 3
+    for n in range(1, 42):
+        logits = rng.standard_normal((n, classes)).astype(np.float32)
+        labels = np.arange(n) % classes
+        labels[1::3] = -100
+        got = fastxent.cross_entropy(logits, labels, backend="cpp")
+        want = fastxent.cross_entropy(logits, labels, backend="numpy")
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"n={n}")
+        for place in range(n):
+            wrong = labels.copy()
+            wrong[place] = bad
+            with pytest.raises(ValueError, match=re.escape(f"labels[{place}] = {bad}")):
+                fastxent.cross_entropy(logits, wrong, backend="cpp")
+
+
+def test_label_scan_all_ignored(cpp_isa):
+    """Every label ignored: no bad label (the scans' zeroed lanes are not a class index when
+    there are no classes to compare against, but nothing is kept); the mean is NaN, as PyTorch's."""
+    for n in (1, 8, 17, 40):
+        logits = np.zeros((n, 3), np.float32)
+        labels = np.full(n, -100)
+        assert np.isnan(fastxent.cross_entropy(logits, labels, backend="cpp"))
+        assert fastxent.cross_entropy(logits, labels, reduction="sum", backend="cpp") == 0
+
+
 def test_huge_uint64_label_is_not_ignore_index(backend, rng):
     """A uint64 label of 2**64 - 1 is out of range; it is not the value -1 (ignore_index=-1)."""
     logits = rng.standard_normal((3, C))
