@@ -13,14 +13,11 @@
 
 constexpr int kFewClasses = 7;
 
-// The loops over groups and classes unrolled where there are 32 vector registers (AVX-512:
-// 65536 x 3, one thread, fused 88 -> 84 us, forward 71 -> 67); with AVX2's 16 the unrolled
-// groups spill (x 5 fused 234 -> 251 us), so the compiler decides there.
-#if defined(__AVX512F__)
-#define FX_UNROLL_GROUPS FX_UNROLL
-#else
-#define FX_UNROLL_GROUPS
-#endif
+// The loops over groups and classes unrolled (AVX-512, 65536 x 3, one thread: fused 88 -> 84
+// us, forward 71 -> 67). With AVX2's 16 registers the unrolled groups had spilled more than the
+// rolled loops' arrays on the stack (x 5 fused 234 -> 251 us, 2026-12-02); with today's shorter
+// loops unrolling wins there too (one thread, C++ alone: x 3 forward 124 -> 112-118 us, fused
+// 142-149 -> 134-142; x 5 backward 202 -> 188-191; x 1 and x 7 two threads 3-8% faster).
 
 // Beyond kFewClasses, up to a whole vector of classes where V has an in-register transpose of
 // 16 lanes (AVX-512): the W rows of a group are loaded one per vector and transposed, as the
@@ -174,23 +171,23 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
       alignas(64) S yf[kBatch];
       if constexpr (!HasLabelLoad<V>::value) batch_labels(labels + i, int(kBatch), ignore_index, y32, yf);
       V cols[G][C], yv[G], shift[G], rest[G], ey[G], dy[G];
-      FX_UNROLL_GROUPS
+      FX_UNROLL
       for (int q = 0; q < G; ++q) {
         yv[q] = group_labels<V>(labels + i + q * W, ignore_index, yf + q * W);
         load_group_columns<V, C>(logits + (i + q * W) * C, cols[q]);
         if constexpr (kLoss) {
           V m = cols[q][0];
-          FX_UNROLL_GROUPS
+          FX_UNROLL
           for (int j = 1; j < C; ++j) m = vmax(m, cols[q][j]);
           shift[q] = m;
         } else {
           shift[q] = V::load(lse_io + i + q * W);
         }
       }
-      FX_UNROLL_GROUPS
+      FX_UNROLL
       for (int q = 0; q < G; ++q) {
         V r = zero, e_y = zero, d_y = zero, jv = zero;
-        FX_UNROLL_GROUPS
+        FX_UNROLL
         for (int j = 0; j < C; ++j, jv = jv + one) {
           const V d = cols[q][j] - shift[q];
           const V e = vexp<V, kLoss>(d);
@@ -204,7 +201,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
         ey[q] = e_y;
         dy[q] = d_y;
       }
-      FX_UNROLL_GROUPS
+      FX_UNROLL
       for (int q = 0; q < G; ++q) {
         const int64_t row = i + q * W;
         const auto keep = vlt(V::set1(S(-0.5)), yv[q]);
@@ -237,7 +234,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
           // 0 in ignored rows, NaN rows too, as they are scaled (AVX-512: a zero-masked
           // multiply); their label is below every class, so no lane of theirs takes `label`.
           V jv = zero;
-          FX_UNROLL_GROUPS
+          FX_UNROLL
           for (int j = 0; j < C; ++j, jv = jv + one) {
             cols[q][j] = vselect(vne(yv[q], jv), zero_unless(keep, cols[q][j] * alpha), label);
           }
