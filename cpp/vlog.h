@@ -58,6 +58,16 @@ struct HasLut32<V, decltype(void(V::has_lut32))> {
   static constexpr bool value = V::has_lut32;
 };
 
+// log1p(r) = r + r^2 q(r), q(r) = sum_{j=2}^{kDegree} (-1)^(j+1) r^(j-2) / j: the Taylor
+// series, by Horner's rule, for the small r the tables leave.
+template <int kDegree, class V>
+FX_ALWAYS_INLINE V log1p_series(V r) {
+  using S = typename V::scalar;
+  V q = V::set1(S(kDegree % 2 ? 1 : -1) / S(kDegree));
+  for (int j = kDegree - 1; j >= 2; --j) q = fmadd(q, r, V::set1(S(j % 2 ? 1 : -1) / S(j)));
+  return fmadd(r * r, q, r);
+}
+
 template <class V>
 FX_ALWAYS_INLINE V vlog(V x) {
   using S = typename V::scalar;
@@ -68,12 +78,7 @@ FX_ALWAYS_INLINE V vlog(V x) {
     const V t = fmadd(mant, V::set1(16.0), V::set1(6755399441055744.0));
     const V inv_centre = V::lookup16(t, kLogTable16Inv);
     const V neg_log_inv = V::lookup16(t, kLogTable16NegLog);
-    const V r = fmadd(mant, inv_centre, V::set1(-1.0));
-    // log1p(r) = r + r^2 q(r), q(r) = sum_{j=2}^{12} (-1)^(j+1) r^(j-2) / j.
-    constexpr int kDegree = 12;
-    V q = V::set1(-1.0 / kDegree);
-    for (int j = kDegree - 1; j >= 2; --j) q = fmadd(q, r, V::set1((j % 2 ? 1.0 : -1.0) / j));
-    const V log1p_r = fmadd(r * r, q, r);
+    const V log1p_r = log1p_series<12>(fmadd(mant, inv_centre, V::set1(-1.0)));
     // NaN stays NaN through the mantissa; inf has mantissa 1 and exponent inf.
     return fmadd(expo, V::set1(0.6931471805599453), neg_log_inv) + log1p_r;
   }
@@ -81,22 +86,13 @@ FX_ALWAYS_INLINE V vlog(V x) {
   if constexpr (sizeof(S) == 4 && HasLut32<V>::value) {
     const V inv_center = V::lookup32_by_mantissa(mant, kLogTableInv);
     const V neg_log_inv = V::lookup32_by_mantissa(mant, kLogTableNegLog);
-    const V r = fmadd(mant, inv_center, V::set1(-1.0f));
-    V q = fmadd(V::set1(0.2f), r, V::set1(-0.25f));
-    q = fmadd(q, r, V::set1(1.0f / 3.0f));
-    q = fmadd(q, r, V::set1(-0.5f));
-    const V log1p_r = fmadd(r * r, q, r);
+    const V log1p_r = log1p_series<5>(fmadd(mant, inv_center, V::set1(-1.0f)));
     // NaN stays NaN through the mantissa; inf has mantissa 1 and exponent inf.
     return fmadd(expo, V::set1(0.6931471805599453f), neg_log_inv) + log1p_r;
   } else if constexpr (sizeof(S) == 4 && HasLogLut8<V>::value) {
     const V inv_center = V::lookup8_by_mantissa(mant, kLogTable8Inv);
     const V neg_log_inv = V::lookup8_by_mantissa(mant, kLogTable8NegLog);
-    const V r = fmadd(mant, inv_center, V::set1(-1.0f));
-    // log1p(r) = r + r^2 q(r), q(r) = sum_{j=2}^{8} (-1)^(j+1) r^(j-2) / j (degree 7: 1.4 ulp).
-    constexpr int kDegree = 8;
-    V q = V::set1(-1.0f / kDegree);
-    for (int j = kDegree - 1; j >= 2; --j) q = fmadd(q, r, V::set1((j % 2 ? 1.0f : -1.0f) / j));
-    const V log1p_r = fmadd(r * r, q, r);
+    const V log1p_r = log1p_series<8>(fmadd(mant, inv_center, V::set1(-1.0f)));  // (degree 7: 1.4 ulp)
     // x - x: NaN where x is NaN or inf, which this bit split (no getexp) would hide.
     return fmadd(expo, V::set1(0.6931471805599453f), neg_log_inv) + log1p_r + (x - x);
   } else {
