@@ -147,6 +147,8 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
     const S* logits = static_cast<const S*>(a.logits);
     S* grad = static_cast<S*>(a.grad);
     S* lse_io = static_cast<S*>(a.lse);
+    // (fused calls' lse is never read: only a forward's is stored, and only when wanted)
+    const bool lse_wanted = kMode == CeMode::forward && !a.lse_unread;
     double* row_loss = a.row_loss;
     const int64_t* labels = a.labels;
     const int64_t ignore_index = a.ignore_index;
@@ -209,7 +211,7 @@ int64_t few_class_rows(const CeArgs& a, int64_t r0, int64_t r1) {
         if constexpr (kLoss) {
           const auto terms = row_loss_terms(rest[q], ey[q], s, dy[q], shift[q]);
           const V nll = terms.nll;
-          if (kMode == CeMode::forward) zero_unless(keep, terms.lse).store(lse_io + row);  // (fused: unread)
+          if (lse_wanted) zero_unless(keep, terms.lse).store(lse_io + row);
           const V loss = zero_unless(keep, nll);
           if (row < summed_end) {
             lanes.add(loss);

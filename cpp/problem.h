@@ -41,6 +41,7 @@ struct CeArgs {
   const double* grad_rows = nullptr;
   double* row_loss = nullptr;  // out (forward), per row, unscaled; 0 for ignored rows
   void* lse = nullptr;         // out (forward) or in (backward): double for f64, else float
+  bool lse_unread = false;     // forward: lse is scratch nobody reads after (a kernel may skip it)
   void* grad = nullptr;        // out: same dtype as logits, may alias logits exactly
   int64_t grad_stride = 0;
   // Probability targets, rows of the compute type (double for f64 rows, else float).

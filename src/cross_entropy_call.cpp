@@ -166,6 +166,7 @@ CallResult run_cross_entropy_call(const CrossEntropyCall& call) {
     a.lse = const_cast<void*>(lse->data());
   } else {  // as doubles: enough room for a.rows floats or doubles
     a.lse = call_scratch<double>(ScratchSlot::lse, size_t(a.rows), own_lse);
+    a.lse_unread = mode == CeMode::forward;
   }
   // Per-row losses in the logits' dtype are the kernels' doubles rounded once, after the run.
   void* narrow_row_loss = nullptr;
